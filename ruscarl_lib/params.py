@@ -1,0 +1,263 @@
+"""One validated parameter schema for every notebook and script.
+
+Params live in YAML files under `params/`. Every section forbids unknown keys so that a typo
+(`alfa: 100`) fails loudly instead of silently running the default. Secrets never live here:
+the judge section names the environment variable that holds the API key, not the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ruscarl_lib.paths import atomic_write_text
+
+
+class ParamsError(ValueError):
+    """A params file could not be read or did not validate; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Section):
+    """Where examples come from. No path means the embedded sample dataset."""
+
+    path: str | None = Field(
+        None, description="Dataset file (JSONL or verl parquet). Empty: the embedded sample."
+    )
+    path_env: str = Field(
+        "RUSCARL_HEALTHBENCH", description="Environment variable that may hold the dataset path."
+    )
+    format: Literal["auto", "healthbench_jsonl", "verl_parquet", "ruscarl_jsonl"] = "auto"
+    strict: bool = Field(True, description="Raise on the first bad row; False skips and reports.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N examples.")
+
+
+class ScaffoldParams(_Section):
+    """The scaffold schedule of METHOD.md section 4 and how the scaffold is rendered."""
+
+    enabled: bool = True
+    intra_group: Literal["linear", "binary"] = "linear"
+    binary_k: int | None = Field(
+        None, ge=0, description="Samples that get ratio 1 under `binary` (default: half the group)."
+    )
+    step_decay: Literal["sigmoid", "constant", "linear", "power"] = "sigmoid"
+    alpha: float = Field(125.0, gt=0, description="Sigmoid steepness.")
+    t0: float = Field(0.2, ge=0, le=1, description="Sigmoid midpoint as a fraction of training.")
+    power: float = Field(2.0, gt=0, description="Exponent n of the `power` decay (1 - t)^n.")
+    show_points: bool = True
+    warn_no_reveal: bool = True
+    in_loss: bool = Field(
+        False, description="Ablation: keep the scaffold in the prompt the loss sees."
+    )
+    seed: int = 0
+
+
+class JudgeParams(_Section):
+    """Who grades criteria. `rule` uses only rule verifiers; `openai` any compatible endpoint."""
+
+    kind: Literal["openai", "rule"] = "rule"
+    model: str = "Qwen/Qwen3-32B"
+    base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (never the key)."
+    )
+    mode: Literal["per_criterion", "batched", "all"] = "per_criterion"
+    criteria_per_call: int = Field(4, ge=1)
+    max_concurrency: int = Field(32, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(20.0, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(1024, ge=1)
+    structured_output: bool = True
+    failure_policy: Literal["exclude", "worst_case", "not_met"] = "exclude"
+    cache_path: str | None = Field("outputs/judge_cache.sqlite")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_env_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.replace("_", "").isalnum() or v[0].isdigit():
+            raise ValueError(
+                f"api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
+                f"not a key; got a value of length {len(v)}"
+            )
+        return v
+
+
+class ScheduleViewParams(_Section):
+    """Settings of the scaffold-tuning notebook's schedule view."""
+
+    group_size: int = Field(8, ge=1)
+    total_steps: int = Field(350, ge=1)
+
+
+class OutputParams(_Section):
+    dir: str = "outputs"
+    run_name: str = "run"
+
+
+_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainParams(_Section):
+    """GRPO training (METHOD.md section 6). Defaults follow the paper's Qwen2.5-7B-Instruct run.
+
+    Step counts are RL steps: one step = one rollout batch of `prompts_per_step` prompts x
+    `group_size` samples, used for `updates_per_step` x `num_iterations` optimizer updates.
+    The run directory is `output.dir / output.run_name`.
+    """
+
+    # Model and backend
+    model: str = Field(
+        "Qwen/Qwen2.5-7B-Instruct", description="Model id or local path (never downloaded in tests)."
+    )
+    backend: Literal["auto", "unsloth", "transformers"] = Field(
+        "auto", description="auto: Unsloth when CUDA is available and it imports, else transformers."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a CUDA device that supports it, else float32."
+    )
+    load_in_4bit: bool = False
+    fast_inference: bool = Field(False, description="Unsloth only: generate with its vLLM engine.")
+    gpu_memory_utilization: float = Field(
+        0.6, gt=0, le=1, description="Share of GPU memory for vLLM (Unsloth fast_inference/colocate)."
+    )
+    gradient_checkpointing: bool = True
+    # LoRA (same meaning for both backends)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(_LORA_TARGETS))
+    # Batch geometry
+    group_size: int = Field(8, ge=2, description="G: rollouts per prompt.")
+    prompts_per_step: int = Field(64, ge=1, description="Distinct prompts per RL step, all processes.")
+    updates_per_step: int = Field(
+        1, ge=1, description="Optimizer updates per RL step (mini-batches; the paper uses 2)."
+    )
+    per_device_batch_size: int = Field(
+        8, ge=1, description="Completions per forward/backward micro-batch on one process."
+    )
+    num_iterations: int = Field(1, ge=1, description="TRL's mu: passes over each rollout batch.")
+    # Optimisation
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    kl_coef: float = Field(1e-3, ge=0, description="beta; TRL's KL is the k3 estimator.")
+    epsilon: float = Field(0.2, gt=0, description="Lower (and default upper) clip range.")
+    epsilon_high: float | None = Field(None, gt=0)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = Field(
+        "dapo", description="dapo = token mean over the accumulated batch (verl's token-mean)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    # Sampling
+    max_prompt_length: int = Field(
+        2048, ge=1, description="Clean prompts longer than this are dropped before training."
+    )
+    max_completion_length: int = Field(4096, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.8, gt=0, le=1)
+    top_k: int = Field(20, ge=0, description="0 disables top-k.")
+    # Generation backends
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str | None = None
+    # Length of the run, checkpoints, logging
+    max_steps: int = Field(350, ge=1, description="RL steps (the scaffold schedule's total_steps).")
+    save_steps: int = Field(25, ge=1, description="Checkpoint the LoRA every N RL steps.")
+    save_total_limit: int | None = Field(3, ge=1)
+    resume: bool = Field(True, description="Continue from the run's last checkpoint if there is one.")
+    logging_steps: int = Field(1, ge=1, description="In optimizer updates.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N RL steps (no scaffold).")
+    num_generations_eval: int | None = Field(None, ge=1)
+    log_rollouts: bool = Field(True, description="Write the per-rollout parquet table.")
+    report_to: str = Field("none", description="TRL/transformers report_to (none, wandb, ...).")
+    shuffle: bool = True
+    seed: int | None = Field(None, description="Training seed; None: the top-level `seed`.")
+
+
+class Params(_Section):
+    """All parameters of the suite. Each notebook reads the sections it needs."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    scaffold: ScaffoldParams = Field(default_factory=ScaffoldParams)
+    schedule_view: ScheduleViewParams = Field(default_factory=ScheduleViewParams)
+    judge: JudgeParams = Field(default_factory=JudgeParams)
+    output: OutputParams = Field(default_factory=OutputParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_binary_k(self) -> "Params":
+        k = self.scaffold.binary_k
+        if k is not None and k > self.schedule_view.group_size:
+            raise ValueError(
+                f"scaffold.binary_k={k} exceeds schedule_view.group_size="
+                f"{self.schedule_view.group_size}"
+            )
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown key")
+        elif any("key" in str(part) for part in e["loc"]):
+            # never echo what might be a secret pasted into the wrong place
+            lines.append(f"  - {where}: {e['msg']}")
+        else:
+            lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+    """Validate a plain dict (for example notebook parameters) into Params."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, source)) from None
+
+
+def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Read a params YAML file, apply dotted-key overrides (`{"scaffold.alpha": 50}`), validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return params_from_dict(raw, source=str(path))
+
+
+def set_dotted(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set `raw["a"]["b"] = value` for `dotted_key="a.b"`, creating sections as needed."""
+    *parents, leaf = dotted_key.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {dotted_key!r}: {p!r} is not a section")
+    node[leaf] = value
+
+
+def save_params(params: Params, path: str | Path) -> Path:
+    """Write params as YAML (atomically, so a reader never sees half a file)."""
+    return atomic_write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
