@@ -1,0 +1,57 @@
+"""Command line: `ruscarl demo` (the main job) and `ruscarl run NOTEBOOK -p key=value`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def _parse_kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)  # numbers, booleans and lists as YAML reads them
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ruscarl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the notebook suite on the embedded CPU data")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("--params", default="params/default.yaml")
+    demo.add_argument("--force", action="store_true", help="rerun stages that already finished")
+
+    run = sub.add_parser("run", help="execute one notebook through papermill")
+    run.add_argument("notebook")
+    run.add_argument("--out", required=True, help="path of the executed notebook")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--html", help="also write an HTML report here")
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ruscarl_lib.demo import run_demo
+
+        headline = run_demo(args.out, args.params, force=args.force)
+        print(json.dumps(headline, indent=2))
+        print(f"\nReport: {headline['report']}")
+        return 0
+    if args.command == "run":
+        from ruscarl_lib.reports import export_html, run_notebook
+
+        out = run_notebook(args.notebook, args.out, _parse_kv(args.param))
+        print(f"executed notebook: {out}")
+        if args.html:
+            print(f"report: {export_html([out], args.html, title=out.stem)}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

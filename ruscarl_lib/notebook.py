@@ -1,0 +1,34 @@
+"""What every notebook does first: read params, apply its parameters-cell overrides, make its
+output folder. Keeps the notebooks' first cells to one line each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ruscarl_lib.params import Params, load_params, save_params
+from ruscarl_lib.paths import resolve_path
+
+#: Parameter values that mean "not set here, keep what the params file says".
+UNSET = (None, "", -1)
+
+
+def notebook_setup(
+    params_file: str, output_dir: str, overrides: dict[str, Any] | None = None
+) -> tuple[Params, Path]:
+    """Load `params_file`, apply dotted overrides whose value is set, create `output_dir`.
+
+    The effective params are written to `<output_dir>/params.yaml` so every executed notebook
+    ships with the exact settings that produced it.
+    """
+    chosen = {k: v for k, v in (overrides or {}).items() if not _is_unset(v)}
+    params = load_params(resolve_path(params_file), overrides=chosen)
+    out = resolve_path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_params(params, out / "params.yaml")
+    return params, out
+
+
+def _is_unset(value: Any) -> bool:
+    return any(value is u or (type(value) is type(u) and value == u) for u in UNSET)

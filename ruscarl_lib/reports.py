@@ -1,0 +1,126 @@
+"""Run notebooks in batch (papermill) and turn executed notebooks into shareable HTML reports.
+
+Executed notebooks are the reports: every run writes its executed copy next to the files it
+produced, and several executed notebooks can be stitched into one self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import nbformat
+
+from ruscarl_lib.paths import atomic_write_text, project_root, resolve_path
+
+NOTEBOOK_DIR = "notebooks"
+
+
+def notebook_path(name: str) -> Path:
+    """`01_rubric_exploration` or `01_rubric_exploration.ipynb` -> path under notebooks/."""
+    p = Path(name)
+    if p.suffix != ".ipynb":
+        p = p.with_suffix(".ipynb")
+    if not p.is_absolute() and len(p.parts) == 1:
+        p = project_root() / NOTEBOOK_DIR / p
+    p = resolve_path(p)
+    if not p.is_file():
+        available = sorted(x.stem for x in (project_root() / NOTEBOOK_DIR).glob("*.ipynb"))
+        raise FileNotFoundError(f"notebook {name!r} not found at {p}; available: {available}")
+    return p
+
+
+def run_notebook(
+    name: str | Path,
+    output_path: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    progress: bool = True,
+    timeout_s: int | None = None,
+) -> Path:
+    """Execute a notebook with papermill, from the project root, and write the executed copy.
+
+    Parameters must be plain values (paths, numbers, names). The executed copy is written to a
+    temporary name first and renamed only on success, so a finished-looking report is never a
+    half-run one; on failure papermill's partial copy is kept as `<name>.failed.ipynb`.
+    """
+    import papermill as pm
+
+    source = notebook_path(str(name))
+    output_path = resolve_path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(output_path.stem + ".running.ipynb")
+    env_root = os.environ.get("RUSCARL_ROOT")
+    os.environ["RUSCARL_ROOT"] = str(project_root())
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(partial),
+            parameters=parameters or {},
+            cwd=str(project_root()),
+            progress_bar=progress,
+            kernel_name="python3",
+            execution_timeout=timeout_s,
+            log_output=False,
+            stdout_file=None,
+        )
+    except BaseException:
+        if partial.exists():
+            os.replace(partial, output_path.with_name(output_path.stem + ".failed.ipynb"))
+        raise
+    finally:
+        if env_root is None:
+            os.environ.pop("RUSCARL_ROOT", None)
+        else:
+            os.environ["RUSCARL_ROOT"] = env_root
+    os.replace(partial, output_path)
+    return output_path
+
+
+def combine_notebooks(paths: Iterable[str | Path], title: str) -> nbformat.NotebookNode:
+    """One notebook holding the cells of several executed notebooks, each under a heading."""
+    combined = nbformat.v4.new_notebook()
+    combined.cells.append(nbformat.v4.new_markdown_cell(f"# {title}"))
+    for path in paths:
+        nb = nbformat.read(str(path), as_version=4)
+        combined.cells.append(nbformat.v4.new_markdown_cell(f"---\n# Notebook `{Path(path).name}`"))
+        combined.cells.extend(nb.cells)
+    combined.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                         "language_info": {"name": "python"}}
+    return combined
+
+
+def export_html(paths: Iterable[str | Path], html_path: str | Path, title: str) -> Path:
+    """Render executed notebooks into one self-contained HTML report (images inlined)."""
+    from nbconvert import HTMLExporter
+
+    nb = combine_notebooks(paths, title)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    return atomic_write_text(resolve_path(html_path), body)
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write a small JSON summary atomically (what notebooks hand back to scripts and tests)."""
+    return atomic_write_text(resolve_path(path), json.dumps(payload, indent=2, default=_jsonable))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(resolve_path(path).read_text())
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
