@@ -79,6 +79,21 @@ class JudgeParams(_Section):
     structured_output: bool = True
     failure_policy: Literal["exclude", "worst_case", "not_met"] = "exclude"
     cache_path: str | None = Field("outputs/judge_cache.sqlite")
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, description="Sampling seed sent to the judge server, if any.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra request fields, e.g. {chat_template_kwargs: {enable_thinking: false}}.",
+    )
+    retry_temperature: float | None = Field(
+        0.3, ge=0, description="Temperature for re-asking after unreadable output (None: same)."
+    )
+    routing: Literal["least_loaded", "round_robin"] = "least_loaded"
+    endpoint_failures_before_cooldown: int = Field(3, ge=1)
+    endpoint_cooldown_s: float = Field(30.0, ge=0)
+    strip_response_think: bool = Field(
+        True, description="Grade the policy's answer without its <think> reasoning."
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -166,6 +181,9 @@ class TrainParams(_Section):
         2048, ge=1, description="Clean prompts longer than this are dropped before training."
     )
     max_completion_length: int = Field(4096, ge=1)
+    max_scaffold_tokens: int = Field(
+        1024, ge=0, description="Room a scaffold may add to a prompt (sizes the engine's context)."
+    )
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.8, gt=0, le=1)
     top_k: int = Field(20, ge=0, description="0 disables top-k.")

@@ -73,10 +73,3 @@ def test_sample_dataset_tables_agree():
     assert s["n_negative"] == (per_crit.polarity == "negative").sum() > 0
     axis_counts = tag_counts(examples)
     assert axis_counts[axis_counts.key == "axis"].n_criteria.sum() == len(per_crit)
-
-
-def test_short_names_are_the_tables():
-    from ruscarl_lib import stats
-
-    assert stats.per_example(rich_examples()).equals(per_example_table(rich_examples()))
-    assert stats.per_criterion(rich_examples()).equals(per_criterion_table(rich_examples()))
