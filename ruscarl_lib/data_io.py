@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 import numpy as np
 
 from .rubric import MESSAGE_ROLES, Criterion, RubricExample
+from .paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -587,14 +588,14 @@ def resolve_data_path(path: str | Path | None, env_var: str | None = DEFAULT_ENV
     A path that is configured but does not exist is an error, never a silent fallback.
     """
     if path is not None and str(path).strip():
-        resolved = Path(path).expanduser()
+        resolved = resolve_path(path)
         if not resolved.exists():
             raise FileNotFoundError(f"configured dataset path does not exist: {resolved}")
         return resolved
     if env_var:
         value = os.environ.get(env_var, "").strip()
         if value:
-            resolved = Path(value).expanduser()
+            resolved = resolve_path(value)
             if not resolved.exists():
                 raise FileNotFoundError(
                     f"dataset path from environment variable {env_var} does not exist: "
@@ -609,8 +610,11 @@ def load_dataset_from_params(data_params: Any) -> list[RubricExample]:
     if path is None:
         log.info("no dataset configured; using the embedded sample dataset")
         return load_sample_dataset(limit=data_params.limit)
-    return load_examples(path, format=data_params.format, strict=data_params.strict,
-                         limit=data_params.limit)
+    result = load_examples_with_report(path, format=data_params.format,
+                                       strict=data_params.strict, limit=data_params.limit)
+    if result.skipped:
+        log.warning(result.summary())
+    return result.examples
 
 
 # --------------------------------------------------------------------------------------------
