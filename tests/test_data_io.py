@@ -443,16 +443,8 @@ def test_sample_dataset_is_realistic():
 # ---------------------------------------------------------------------------- real data
 
 
-def _healthbench_500() -> Path:
-    env = os.environ.get("RUSCARL_HEALTHBENCH_500")
-    path = Path(env) if env else REPO.parent / "shared/data/healthbench/healthbench_500.parquet"
-    if not path.exists():
-        pytest.skip(f"HealthBench-500 not available at {path}")
-    return path
-
-
-def test_real_healthbench_500():
-    examples = load_examples(_healthbench_500())
+def test_real_healthbench_500(healthbench_500_path):
+    examples = load_examples(healthbench_500_path)
     criteria = [c for e in examples for c in e.rubric]
     assert len(examples) == 500
     assert len(criteria) == 5965

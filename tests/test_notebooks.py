@@ -100,3 +100,13 @@ def test_demo_runs_both_notebooks_and_writes_one_report(tmp_path, capsys):
     mtime = Path(headline["notebooks"][0]).stat().st_mtime
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     assert Path(headline["notebooks"][0]).stat().st_mtime == mtime
+
+
+def test_exploration_notebook_on_healthbench_500(tmp_path, healthbench_500_path):
+    out_dir = tmp_path / "hb500"
+    executed = run_notebook("01_rubric_exploration", tmp_path / "01.ipynb", {
+        "output_dir": str(out_dir), "data_path": str(healthbench_500_path), "example_index": 7},
+        progress=False)
+    assert not _errors(executed)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["n_examples"] == 500 and summary["n_criteria"] == 5965
