@@ -1,0 +1,167 @@
+"""Checking RuscaRL's central contract on a real run: the loss never sees the scaffold.
+
+`ContractProbe` is a ScaffoldedGRPOTrainer that keeps a copy of what generation was given and
+of every (prompt, completion) row that a log-probability computation (old, reference, current)
+was given; `check_contract` then proves, rollout by rollout, that generation saw the scaffolded
+prompt and every log-prob row used the clean one (or the scaffolded one under the `in_loss`
+ablation). The CPU tests and the GPU smoke script both use it. It keeps every token id of the
+run in memory: meant for short checks, not for real training.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .rollouts import ScaffoldedGRPOTrainer
+
+
+class ContractViolation(AssertionError):
+    """A log-prob computation or a generation got a prompt it must not get."""
+
+
+class ContractProbe(ScaffoldedGRPOTrainer):
+    """Records generation inputs/outputs and the rows of every log-prob computation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.gen_calls: list[dict[str, Any]] = []
+        self.logp_calls: list[dict[str, Any]] = []
+        self.rounds: list[dict[str, Any]] = []
+        super().__init__(*args, **kwargs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, **kwargs
+        )
+        self.gen_calls.append(
+            {
+                "training": self.model.training,
+                "prompt_ids": [tuple(p) for p in prompt_ids],
+                "completion_ids": [tuple(c) for c in completion_ids],
+            }
+        )
+        return completion_ids, logprobs
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        width = input_ids.size(1) - logits_to_keep
+        rows = []
+        for ids, mask in zip(input_ids.detach().cpu(), attention_mask.detach().cpu()):
+            prompt = tuple(ids[:width][mask[:width] == 1].tolist())
+            completion = tuple(ids[width:][mask[width:] == 1].tolist())
+            rows.append((prompt, completion))
+        self.logp_calls.append(
+            {"training": self.model.training, "grad": torch.is_grad_enabled(), "rows": rows}
+        )
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+
+    def _scaffolded_rollout(self, prompts):
+        out = super()._scaffolded_rollout(prompts)
+        if self.model.training:
+            self.rounds.append(
+                {
+                    "clean_prompts": [list(p) for p in prompts],
+                    "plans": list(self._plans or []),
+                    "loss_prompt_ids": [tuple(p) for p in out["prompt_ids"]],
+                    "completion_ids": [tuple(c) for c in out["completion_ids"]],
+                }
+            )
+        return out
+
+
+@dataclass
+class ContractReport:
+    rounds: int
+    rollouts: int
+    scaffolded: int
+    loss_rows: int  # rows of log-prob computations with gradient (the loss itself)
+    old_ref_rows: int  # rows computed without gradient (old and reference log-probs)
+    eval_prompts: int
+    in_loss: bool
+
+    def summary(self) -> str:
+        prompt = "scaffolded (in_loss ablation)" if self.in_loss else "clean"
+        return (
+            f"contract OK: {self.rollouts} rollouts in {self.rounds} RL steps ({self.scaffolded} "
+            f"scaffolded); {self.loss_rows} loss rows and {self.old_ref_rows} old/ref rows all on "
+            f"the {prompt} prompt; {self.eval_prompts} evaluation prompts"
+        )
+
+
+def _chat_ids(tokenizer, messages) -> tuple[int, ...]:
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return tuple(enc["input_ids"])
+
+
+def check_contract(trainer: ContractProbe) -> ContractReport:
+    """Raise ContractViolation unless every recorded rollout and log-prob row obeys the contract."""
+    tok = trainer.processing_class
+    in_loss = trainer.scaffold_params.in_loss
+    train_gen = [c for c in trainer.gen_calls if c["training"]]
+    if len(train_gen) != len(trainer.rounds):
+        raise ContractViolation(f"{len(train_gen)} training generations for {len(trainer.rounds)} rollout rounds")
+    expected: Counter = Counter()
+    forbidden: set = set()
+    n_roll = n_scaf = 0
+    for rnd, gen in zip(trainer.rounds, train_gen):
+        for clean_msgs, plan, loss_ids, gen_ids, completion in zip(
+            rnd["clean_prompts"], rnd["plans"], rnd["loss_prompt_ids"], gen["prompt_ids"], gen["completion_ids"]
+        ):
+            n_roll += 1
+            clean = _chat_ids(tok, clean_msgs)
+            if gen_ids != _chat_ids(tok, plan.messages):
+                raise ContractViolation(f"generation of {plan.example_id} did not use its rollout prompt")
+            if plan.shown:
+                n_scaf += 1
+                if gen_ids == clean:
+                    raise ContractViolation(f"scaffold of {plan.example_id} did not reach generation")
+            elif gen_ids != clean:
+                raise ContractViolation(f"unscaffolded rollout of {plan.example_id} changed the prompt")
+            want = gen_ids if in_loss else clean
+            if loss_ids != want:
+                raise ContractViolation(f"rollout of {plan.example_id} handed the loss the wrong prompt ids")
+            expected[(want, completion)] += 1
+            other = clean if in_loss else gen_ids
+            if other != want:
+                forbidden.add((other, completion))
+    with_grad = without_grad = 0
+    seen: Counter = Counter()
+    for call in trainer.logp_calls:
+        if not call["training"]:
+            continue
+        for pair in call["rows"]:
+            if pair in forbidden or pair not in expected:
+                raise ContractViolation("a log-prob row used a prompt the loss must not see")
+            if call["grad"]:
+                with_grad += 1
+                seen[pair] += 1
+            else:
+                without_grad += 1
+    missing = [p for p in expected if seen[p] == 0]
+    if missing:
+        raise ContractViolation(f"{len(missing)} rollouts never reached the loss")
+    eval_prompts = 0
+    for call in trainer.gen_calls:
+        if call["training"]:
+            continue
+        eval_prompts += len(call["prompt_ids"])
+    return ContractReport(len(trainer.rounds), n_roll, n_scaf, with_grad, without_grad, eval_prompts, in_loss)
+
+
+def check_eval_unscaffolded(trainer: ContractProbe, eval_rows: list[dict[str, Any]]) -> int:
+    """Every evaluation generation prompt must be the clean prompt of an evaluation row."""
+    tok = trainer.processing_class
+    clean = {_chat_ids(tok, r["prompt"]) for r in eval_rows}
+    n = 0
+    for call in trainer.gen_calls:
+        if call["training"]:
+            continue
+        for ids in call["prompt_ids"]:
+            if ids not in clean:
+                raise ContractViolation("an evaluation rollout was generated from a modified prompt")
+            n += 1
+    return n

@@ -1,0 +1,448 @@
+"""Scaffolded rollouts inside TRL's GRPOTrainer (METHOD.md sections 4 and 5).
+
+RuscaRL changes only how training rollouts are *generated*: sample i of a group is generated
+from a prompt carrying part of the rubric (the scaffold), while every log-probability the
+loss uses (old, reference, current) is computed on the clean prompt. TRL 1.15's `rollout_func`
+hook gives exactly that split: the trainer generates nothing itself and uses the prompt ids the
+hook returns for the loss. The hook here generates with TRL's own `_generate_single_turn`
+(HF generate, vLLM colocate/server, or Unsloth's patched path), one sample per scaffolded
+prompt, and hands back the clean prompt's ids.
+
+Rows reach the hook through a thin override of `_generate_and_score_completions`, because
+`rollout_func` only receives the prompts. TRL's `RepeatSampler` delivers each prompt as G
+consecutive copies and the processes' local batches concatenate (in process order) into the
+global batch that rewards are grouped over, so the group position of local row i is
+`(process_index * n_local + i) % G`. That is checked on every batch.
+
+With scaffolds disabled every ratio is 0, no criterion is shown, generation and loss see the
+same clean prompt, and the trainer is plain rubric GRPO through the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import trl
+from accelerate.utils import gather_object
+from packaging.version import Version
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from .params import ScaffoldParams
+from .rubric import Criterion, RubricExample
+from .scaffold import ScaffoldSchedule, scaffold_example
+from .trl_compat import install_logprob_fallback
+
+# Dataset columns the trainer reads. `prompt` is TRL's own column.
+PROMPT_COLUMN = "prompt"
+ID_COLUMN = "example_id"
+RUBRIC_COLUMN = "rubric"
+
+# Fields the rollout hook adds to every row (TRL forwards them to reward functions as kwargs).
+RATIO_FIELD = "scaffold_ratio"
+SHOWN_FIELD = "scaffold_shown"
+POSITION_FIELD = "sample_index"
+STEP_FIELD = "rl_step"
+
+SUPPORTED_TRL = "1.15"
+# Private GRPOTrainer members this module calls or overrides, with their leading parameters.
+_PRIVATE_API: dict[str, tuple[str, ...]] = {
+    "_generate_and_score_completions": ("inputs",),
+    "_generate_single_turn": ("prompt_ids", "images", "multimodal_fields", "num_generations"),
+    "_tokenize_prompts": ("prompts",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_log_completion_extra": ("column", "values"),
+    "_get_train_sampler": ("dataset",),
+    "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep"),
+}
+
+
+class TRLVersionError(RuntimeError):
+    """The installed TRL is not the version whose private trainer API this module relies on."""
+
+
+def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
+    """Fail loudly unless TRL is 1.15.x and the private members used here look as expected."""
+    version = Version(trl.__version__)
+    if f"{version.major}.{version.minor}" != SUPPORTED_TRL:
+        raise TRLVersionError(
+            f"ruscarl_lib's scaffolded GRPO trainer supports TRL {SUPPORTED_TRL}.x only (it relies "
+            f"on private GRPOTrainer methods); found trl=={trl.__version__}. Install trl==1.15.0."
+        )
+    if "rollout_func" not in inspect.signature(trainer_cls.__init__).parameters:
+        raise TRLVersionError(f"{trainer_cls.__name__}.__init__ has no `rollout_func` parameter")
+    for name, expected in _PRIVATE_API.items():
+        member = getattr(trainer_cls, name, None)
+        if member is None:
+            raise TRLVersionError(f"{trainer_cls.__name__} lacks {name} (trl=={trl.__version__})")
+        params = [p for p in inspect.signature(member).parameters if p != "self"]
+        if tuple(params[: len(expected)]) != expected:
+            raise TRLVersionError(
+                f"{trainer_cls.__name__}.{name} takes {params}, expected to start with "
+                f"{list(expected)} (trl=={trl.__version__})"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Rows <-> examples
+# --------------------------------------------------------------------------------------------
+
+
+def example_to_row(example: RubricExample) -> dict[str, Any]:
+    """The training-dataset row of one example: TRL's `prompt` plus id and rubric columns."""
+    return {
+        PROMPT_COLUMN: [{"role": m["role"], "content": m["content"]} for m in example.messages],
+        ID_COLUMN: str(example.id),
+        RUBRIC_COLUMN: [
+            {"criterion": c.text, "points": float(c.points), "tags": list(c.tags)}
+            for c in example.rubric
+        ],
+    }
+
+
+def row_to_example(row: dict[str, Any]) -> RubricExample:
+    """Rebuild the example a dataset row came from (what scaffolds and judges need)."""
+    missing = [k for k in (PROMPT_COLUMN, ID_COLUMN, RUBRIC_COLUMN) if k not in row]
+    if missing:
+        raise KeyError(
+            f"training rows need the columns {PROMPT_COLUMN!r}, {ID_COLUMN!r} and "
+            f"{RUBRIC_COLUMN!r}; missing {missing} (build the dataset with to_train_dataset)"
+        )
+    rubric = [
+        Criterion(text=str(c["criterion"]), points=float(c["points"]), tags=tuple(c.get("tags") or ()))
+        for c in row[RUBRIC_COLUMN]
+    ]
+    return RubricExample(id=str(row[ID_COLUMN]), messages=list(row[PROMPT_COLUMN]), rubric=rubric)
+
+
+def to_train_dataset(examples: Sequence[RubricExample]):
+    """A `datasets.Dataset` with one row per example, in the layout the trainer reads."""
+    from datasets import Dataset
+
+    return Dataset.from_list([example_to_row(ex) for ex in examples])
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler
+# --------------------------------------------------------------------------------------------
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle depends only on (seed, epoch).
+
+    The stock sampler draws each epoch's permutation from one running generator, so a run
+    resumed in a later epoch would see a different order than an uninterrupted one. Accelerate
+    calls `set_epoch` on the sampler; reseeding there makes resumption exact. Epoch 0 uses
+    `seed` itself, so the first epoch matches stock TRL.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.shuffle:
+            return
+        seed = 0 if self.seed is None else int(self.seed)
+        if epoch:
+            digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
+            seed = int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+        self.generator.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutPlan:
+    """What one training rollout was generated from."""
+
+    rl_step: int
+    example_id: str
+    group: int  # global index of the group within this RL step
+    sample_index: int  # position within the group (0 .. G-1)
+    ratio: float
+    shown: list[int]
+    messages: list[dict]
+
+
+RolloutSink = Callable[[int, list[dict[str, Any]]], None]
+
+
+def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOTrainer") -> dict[str, Any]:
+    return trainer._scaffolded_rollout(prompts)
+
+
+class ScaffoldedGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose training rollouts are generated from scaffolded prompts.
+
+    Extra arguments:
+      scaffold: the `scaffold` params section (schedule, rendering, seed, `in_loss` ablation).
+      total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
+      rollout_sink: called on the main process once per RL step with the step number and the
+        records of every rollout of that step (all processes gathered).
+    Evaluation rollouts are never scaffolded.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        scaffold: ScaffoldParams | None = None,
+        total_steps: int | None = None,
+        rollout_sink: RolloutSink | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_trl_support(GRPOTrainer)
+        install_logprob_fallback()
+        if kwargs.get("rollout_func") is not None:
+            raise ValueError("ScaffoldedGRPOTrainer provides its own rollout_func")
+        if kwargs.get("environment_factory") is not None or kwargs.get("tools"):
+            raise ValueError("scaffolded rollouts do not support tools or environments")
+        config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
+        if config is None:
+            raise ValueError("pass a GRPOConfig as `args`")
+        # The sampling log-probs of a scaffolded rollout are conditioned on the scaffolded
+        # prompt; the loss works on the clean prompt. vLLM importance-sampling correction would
+        # read their difference as engine mismatch and clip or mask exactly the scaffolded
+        # samples, undoing the method (the paper's "correct IS" variant loses 11.6 points).
+        # The baseline keeps it off too, so the two arms differ only in the scaffold flag.
+        if config.vllm_importance_sampling_correction and config.use_vllm:
+            warnings.warn(
+                "vllm_importance_sampling_correction is forced off for RuscaRL runs", stacklevel=2
+            )
+        config.vllm_importance_sampling_correction = False
+        self.scaffold_params = scaffold or ScaffoldParams()
+        self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
+        self.rollout_sink = rollout_sink
+        self._rows: list[dict[str, Any]] | None = None
+        self._plans: list[RolloutPlan] | None = None
+        self._capture: dict[str, Any] | None = None
+
+        ga = config.gradient_accumulation_steps
+        spg = config.steps_per_generation
+        per_round = spg * config.num_iterations
+        if per_round % ga:
+            raise ValueError(
+                f"steps_per_generation x num_iterations ({spg} x {config.num_iterations}) must be a "
+                f"multiple of gradient_accumulation_steps ({ga}) so that every RL step starts on an "
+                "optimizer step"
+            )
+        self.updates_per_rl_step = per_round // ga
+        if total_steps is None:
+            if config.max_steps <= 0:
+                raise ValueError("set total_steps or a positive args.max_steps (the schedule horizon)")
+            total_steps = math.ceil(config.max_steps / self.updates_per_rl_step)
+        self.total_rl_steps = int(total_steps)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*rollout_func.*experimental.*")
+            super().__init__(*args, rollout_func=_scaffold_rollout_func, **kwargs)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def rl_step_at(self, global_step: int) -> int:
+        """1-based RL step that a rollout generated at optimizer step `global_step` belongs to."""
+        return global_step // self.updates_per_rl_step + 1
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler
+        return sampler
+
+    def _log_completion_extra(self, column: str, values: list) -> None:
+        super()._log_completion_extra(column, values)
+        if self._capture is not None:
+            self._capture["extra"].setdefault(column, []).extend(values)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        training = self.model.training
+        self._rows = inputs
+        self._plans = None
+        self._capture = {"extra": {}} if training else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if training:
+                self._record(output)
+        finally:
+            self._rows = None
+            self._plans = None
+            self._capture = None
+        return output
+
+    def _plan(self, rows: list[dict[str, Any]]) -> list[RolloutPlan]:
+        """Scaffold ratio, shown criteria and rollout prompt for every local row."""
+        G = self.num_generations
+        offset = self.accelerator.process_index * len(rows)
+        self._check_groups([str(r[ID_COLUMN]) for r in rows], offset)
+        step = self.rl_step_at(self.state.global_step)
+        sp = self.scaffold_params
+        plans = []
+        for i, row in enumerate(rows):
+            example = row_to_example(row)
+            position = (offset + i) % G
+            ratio = self.schedule.ratio(position, G, step, self.total_rl_steps)
+            scaffolded = scaffold_example(
+                example,
+                ratio,
+                seed=sp.seed,
+                step=step,
+                sample_index=position,
+                show_points=sp.show_points,
+                warn_no_reveal=sp.warn_no_reveal,
+            )
+            plans.append(
+                RolloutPlan(
+                    rl_step=step,
+                    example_id=example.id,
+                    group=(offset + i) // G,
+                    sample_index=position,
+                    ratio=float(ratio),
+                    shown=list(scaffolded.shown),
+                    messages=scaffolded.messages,
+                )
+            )
+        return plans
+
+    def _check_groups(self, local_ids: list[str], offset: int) -> None:
+        """Every global group of G consecutive rows must be G copies of one example."""
+        all_ids = gather_object(local_ids)
+        G = self.num_generations
+        if len(all_ids) % G:
+            raise RuntimeError(f"generation batch of {len(all_ids)} rows is not a multiple of G={G}")
+        for start in range(0, len(all_ids), G):
+            if len(set(all_ids[start : start + G])) != 1:
+                raise RuntimeError(
+                    f"rows {start}..{start + G - 1} of the generation batch are not G copies of one "
+                    f"example ({all_ids[start:start + G]}); group positions would be wrong"
+                )
+
+    def _scaffolded_rollout(self, prompts: list) -> dict[str, Any]:
+        """The rollout_func: generate from scaffolded prompts, return the clean prompt ids."""
+        if not self.model.training:
+            # Evaluation: the clean prompt, TRL's own grouping (never scaffolded).
+            ids, images, mm = self._tokenize_prompts(prompts)
+            completion_ids, logprobs = self._generate_single_turn(
+                ids, images, mm, self.num_generations_eval
+            )
+            return {"prompt_ids": ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+        rows = self._rows
+        if rows is None or len(rows) != len(prompts):
+            raise RuntimeError("rollout hook called without the rows of the current batch")
+        if not isinstance(prompts[0], list):
+            raise ValueError("scaffolded rollouts need conversational prompts (lists of messages)")
+        plans = self._plan(rows)
+        self._plans = plans
+        clean_ids, images, _ = self._tokenize_prompts(prompts)
+        if images is not None:
+            raise ValueError("scaffolded rollouts support text-only prompts")
+        rollout_ids, _, _ = self._tokenize_prompts([p.messages for p in plans])
+        for plan, clean, rolled in zip(plans, clean_ids, rollout_ids):
+            if not plan.shown and list(clean) != list(rolled):
+                raise RuntimeError(f"unscaffolded prompt of {plan.example_id} tokenized differently")
+        # One generation per prompt: rollout prompts of a group differ, so vLLM server mode must
+        # not deduplicate them (it keeps every num_generations-th prompt).
+        completion_ids, _ = self._generate_single_turn(rollout_ids, None, {}, 1)
+        loss_ids = rollout_ids if self.scaffold_params.in_loss else clean_ids
+        if self._capture is not None:
+            self._capture["rollout_prompt_len"] = [len(x) for x in rollout_ids]
+            self._capture["clean_prompt_len"] = [len(x) for x in clean_ids]
+        self._log_scaffold_metrics(plans, rollout_ids, clean_ids)
+        return {
+            "prompt_ids": [list(x) for x in loss_ids],
+            "completion_ids": completion_ids,
+            # Sampling log-probs are left out: they belong to the scaffolded prompt, and TRL
+            # features that read them (IS correction, off-policy masking) would mistake the
+            # scaffold for policy drift.
+            "logprobs": None,
+            RATIO_FIELD: [p.ratio for p in plans],
+            SHOWN_FIELD: [p.shown for p in plans],
+            POSITION_FIELD: [p.sample_index for p in plans],
+            STEP_FIELD: [p.rl_step for p in plans],
+        }
+
+    def _log_scaffold_metrics(self, plans, rollout_ids, clean_ids) -> None:
+        device = self.accelerator.device
+        local = torch.tensor(
+            [
+                [p.ratio, len(p.shown), float(bool(p.shown)), len(r), len(c)]
+                for p, r, c in zip(plans, rollout_ids, clean_ids)
+            ],
+            dtype=torch.float32,
+            device=device,
+        )
+        mean = self.accelerator.gather(local).mean(dim=0).tolist()
+        metrics = self._metrics["train"]
+        metrics["scaffold/ratio_mean"].append(mean[0])
+        metrics["scaffold/criteria_shown_mean"].append(mean[1])
+        metrics["scaffold/frac_scaffolded"].append(mean[2])
+        metrics["scaffold/rollout_prompt_length"].append(mean[3])
+        metrics["scaffold/clean_prompt_length"].append(mean[4])
+
+    # -- rewards and records ---------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._capture is not None:
+            n = len(prompts)
+            start = self.accelerator.process_index * n
+            self._capture["completions"] = completions
+            self._capture["completion_lengths"] = [len(c) for c in completion_ids_list]
+            self._capture["rewards_per_func"] = rewards_per_func[start : start + n].detach().cpu()
+        return rewards_per_func
+
+    def _record(self, output: dict[str, Any]) -> None:
+        """Per-rollout records of this RL step, gathered to the main process and handed on."""
+        plans, rows, cap = self._plans, self._rows, self._capture
+        if plans is None or cap is None or "rewards_per_func" not in cap:
+            return
+        rpf = cap["rewards_per_func"]
+        weights = self.reward_weights.to(rpf.device)
+        advantages = output["advantages"].detach().cpu().tolist()
+        records = []
+        for i, (plan, row) in enumerate(zip(plans, rows)):
+            per_func = rpf[i]
+            reward = float("nan") if torch.isnan(per_func).all() else float((per_func * weights).nansum())
+            completion = cap["completions"][i]
+            if isinstance(completion, list):  # conversational: [{"role": "assistant", ...}]
+                completion = "".join(str(m.get("content", "")) for m in completion)
+            rec = {
+                "rl_step": plan.rl_step,
+                "global_step": int(self.state.global_step),
+                "example_id": plan.example_id,
+                "group": plan.group,
+                "sample_index": plan.sample_index,
+                "scaffold_ratio": plan.ratio,
+                "n_criteria": len(row[RUBRIC_COLUMN]),
+                "n_shown": len(plan.shown),
+                "shown": list(plan.shown),
+                "prompt": json.dumps(row[PROMPT_COLUMN], ensure_ascii=False),
+                "rollout_prompt": json.dumps(plan.messages, ensure_ascii=False) if plan.shown else None,
+                "clean_prompt_tokens": cap["clean_prompt_len"][i],
+                "rollout_prompt_tokens": cap["rollout_prompt_len"][i],
+                "completion": completion,
+                "completion_tokens": cap["completion_lengths"][i],
+                "reward": reward,
+                "advantage": float(advantages[i]),
+            }
+            for name, value in zip(self.reward_func_names, per_func.tolist()):
+                rec[f"reward/{name}"] = value
+            for column, values in cap["extra"].items():
+                if i < len(values):
+                    rec[column if column not in rec else f"extra/{column}"] = values[i]
+            records.append(rec)
+        gathered = gather_object(records)
+        if self.rollout_sink is not None and self.accelerator.is_main_process:
+            self.rollout_sink(plans[0].rl_step, gathered)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self.state.global_step > 0:
+            logs["rl_step"] = self.rl_step_at(self.state.global_step - 1)
+        super().log(logs, start_time)

@@ -1,0 +1,215 @@
+"""What a training run leaves on disk, and how to read it back.
+
+Layout of `outputs/<run>/`:
+  metrics.jsonl           one JSON object per logged optimizer step (TRL's metrics + scaffold ones)
+  rollouts/step_000001.parquet   every rollout of RL step 1 (prompt, scaffold, completion, reward)
+  checkpoints/checkpoint-N/      LoRA + optimizer + trainer state every few steps
+  adapter/                the final LoRA adapter and tokenizer
+  params.yaml, versions.json     what produced the run
+
+Files are written through a temporary file and renamed, so a crash or a reader never sees half
+a file. After a resume, metrics past the checkpoint are dropped and the rollout files of
+re-run steps are overwritten, so each step appears once. No transformers import at module
+level: notebooks read runs without touching the training stack.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_DIR = "rollouts"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+PARAMS_FILE = "params.yaml"
+VERSIONS_FILE = "versions.json"
+
+_VERSIONED = (
+    "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
+    "unsloth", "vllm", "bitsandbytes", "deepspeed", "numpy", "pandas", "pyarrow", "ruscarl-lib",
+)
+
+
+def _replace_atomically(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+
+
+def _json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (nan, inf) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout table
+# --------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> Any:
+    """Keep scalars and lists of ints; encode anything nested as JSON so parquet stays flat."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except TypeError:
+        return str(value)
+
+
+class RolloutTableWriter:
+    """Writes the records of each RL step to `rollouts/step_NNNNNN.parquet` (atomically)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir) / ROLLOUTS_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, rl_step: int) -> Path:
+        return self.dir / f"step_{rl_step:06d}.parquet"
+
+    def __call__(self, rl_step: int, records: list[dict[str, Any]]) -> Path:
+        frame = pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in records])
+        target = self.path(rl_step)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        frame.to_parquet(tmp, index=False)
+        _replace_atomically(tmp, target)
+        return target
+
+
+def read_rollouts(run_dir: str | Path, steps: Iterable[int] | None = None) -> pd.DataFrame:
+    """All rollout records of a run (or of some RL steps), in step order."""
+    folder = Path(run_dir) / ROLLOUTS_DIR
+    files = sorted(folder.glob("step_*.parquet"))
+    if steps is not None:
+        wanted = {int(s) for s in steps}
+        files = [f for f in files if int(f.stem.split("_")[1]) in wanted]
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (a single write call, so lines never interleave)."""
+    line = json.dumps({k: _json_safe(v) for k, v in record.items()}, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = "train") -> pd.DataFrame:
+    """The run's metrics lines of one `kind` (None: all of them)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if kind is not None:
+        rows = [r for r in rows if r.get("kind", "train") == kind]
+    return pd.DataFrame(rows)
+
+
+def truncate_metrics(path: str | Path, max_step: int) -> int:
+    """Drop lines logged after optimizer step `max_step` (they are about to be re-run).
+
+    Returns how many lines were dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:  # a torn last line from a hard kill
+            dropped += 1
+            continue
+        if step is not None and step > max_step:
+            dropped += 1
+        else:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    _replace_atomically(tmp, path)
+    return dropped
+
+
+def prune_rollouts(run_dir: str | Path, max_rl_step: int) -> int:
+    """Delete rollout files of RL steps after `max_rl_step` (they will be regenerated)."""
+    removed = 0
+    for f in (Path(run_dir) / ROLLOUTS_DIR).glob("step_*.parquet"):
+        if int(f.stem.split("_")[1]) > max_rl_step:
+            f.unlink()
+            removed += 1
+    return removed
+
+
+def metrics_callback(path: str | Path, extra: dict[str, Any] | None = None):
+    """A TrainerCallback appending every log to `path` (main process only).
+
+    Each line has `step` (optimizer step) and `kind`: `train` (one per logged update),
+    `eval`, or `summary` (the totals logged when training ends).
+    """
+    from transformers import TrainerCallback
+
+    target = Path(path)
+    fixed = dict(extra or {})
+
+    class MetricsJsonlCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if any(k.startswith("eval_") for k in logs):
+                kind = "eval"
+            elif "train_runtime" in logs:
+                kind = "summary"
+            else:
+                kind = "train"
+            append_metrics(target, {"step": state.global_step, "kind": kind, **fixed, **logs})
+
+    return MetricsJsonlCallback()
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape a run (None when not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda
+        out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # pragma: no cover - torch is a dependency
+        pass
+    return out
+
+
+def write_versions(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / VERSIONS_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(library_versions(), indent=2) + "\n")
+    _replace_atomically(tmp, path)
+    return path

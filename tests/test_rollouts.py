@@ -1,0 +1,450 @@
+"""The RuscaRL training contract on CPU with a tiny model (METHOD.md sections 4 and 5).
+
+- every log-probability the loss uses (old, reference, current) is computed on the clean
+  prompt, while generation saw the scaffolded one; the `in_loss` ablation sees the scaffold;
+- scaffold ratios and shown criteria follow the schedule per group position and RL step,
+  also under gradient accumulation and several updates per step;
+- evaluation rollouts are never scaffolded;
+- with scaffolds off the trainer is stock TRL GRPO, bit for bit;
+- an interrupted run resumes from its last checkpoint without repeating steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from ruscarl_lib.params import TrainParams
+from ruscarl_lib.run_outputs import read_metrics, read_rollouts
+from ruscarl_lib.scaffold import ScaffoldSchedule, n_shown, select_criteria
+from ruscarl_lib.tiny_model import save_tiny_model
+from ruscarl_lib.training import (
+    BackendUnavailable,
+    batch_geometry,
+    build_grpo_config,
+    load_policy,
+    prepare_backend,
+    run_training,
+)
+from ruscarl_lib.toy_task import keyword_reward, make_examples, rule_examples
+from ruscarl_lib.toy_task import toy_params as tiny_params
+
+pytestmark = pytest.mark.slow
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _probe_cls():
+    """The trainer that records what generation and every log-prob computation were given."""
+    from ruscarl_lib.contract import ContractProbe
+
+    return ContractProbe
+
+
+def _chat_ids(tokenizer, messages) -> tuple[int, ...]:
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return tuple(enc["input_ids"])
+
+
+# --------------------------------------------------------------------------------------------
+# The contract
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def contract_run(model_dir, tmp_path_factory):
+    """3 RL steps, 2 prompts x G=4, 2 optimizer updates per step, 2 micro-batches per update,
+    KL on (so reference log-probs are computed) and old log-probs (several updates per step)."""
+    out = tmp_path_factory.mktemp("contract")
+    params = tiny_params(
+        model_dir, out, "contract",
+        updates_per_step=2, per_device_batch_size=2, kl_coef=0.05, max_steps=3,
+    )
+    examples = make_examples(6)
+    result = run_training(params, train_examples=examples, reward_funcs=[keyword_reward], trainer_cls=_probe_cls())
+    return params, examples, result
+
+
+def test_geometry_has_gradient_accumulation(contract_run):
+    params, _, result = contract_run
+    args = result.trainer.args
+    assert (args.gradient_accumulation_steps, args.steps_per_generation, args.max_steps) == (2, 4, 6)
+    assert result.trainer.updates_per_rl_step == 2
+    assert result.global_step == 6 and result.rl_steps == 3
+
+
+def test_loss_sees_only_clean_prompts(contract_run):
+    params, examples, result = contract_run
+    trainer = result.trainer
+    tok = trainer.processing_class
+    by_id = {ex.id: ex for ex in examples}
+    train_gen = [c for c in trainer.gen_calls if c["training"]]
+    assert len(trainer.rounds) == len(train_gen) == 3  # one generation per RL step
+
+    clean_pairs, scaffold_pairs = Counter(), Counter()
+    n_scaffolded = 0
+    for rnd, gen in zip(trainer.rounds, train_gen):
+        for plan, loss_ids, gen_ids, completion in zip(
+            rnd["plans"], rnd["loss_prompt_ids"], gen["prompt_ids"], gen["completion_ids"]
+        ):
+            clean = _chat_ids(tok, by_id[plan.example_id].messages)
+            assert loss_ids == clean, "the loss must get the clean prompt's ids"
+            assert gen_ids == _chat_ids(tok, plan.messages), "generation must see the scaffold"
+            if plan.shown:
+                n_scaffolded += 1
+                assert len(gen_ids) > len(clean)
+            else:
+                assert gen_ids == clean
+            clean_pairs[(clean, completion)] += 1
+            scaffold_pairs[(gen_ids, completion)] += 1
+    assert n_scaffolded > 0
+
+    train_calls = [c for c in trainer.logp_calls if c["training"]]
+    kinds = Counter(c["grad"] for c in train_calls)
+    # no-grad calls: old log-probs (2 updates per step) and reference log-probs (KL), per step;
+    # grad calls: the loss itself, one per micro-batch
+    assert kinds[False] == 2 * 3 and kinds[True] == 2 * 2 * 3
+    seen = Counter()
+    for call in train_calls:
+        for pair in call["rows"]:
+            assert pair in clean_pairs, "a log-prob row does not use a clean prompt"
+            seen[pair] += 1
+    # every rollout is scored once for old, once for ref, once for the loss
+    for pair, n in clean_pairs.items():
+        assert seen[pair] == 3 * n
+    scaffold_only = {p for p in scaffold_pairs if p not in clean_pairs}
+    assert scaffold_only and not any(p in seen for p in scaffold_only)
+
+    # the library's checker (used by the GPU smoke script) agrees
+    from ruscarl_lib.contract import check_contract
+
+    report = check_contract(trainer)
+    assert (report.rollouts, report.scaffolded, report.loss_rows) == (24, n_scaffolded, 24)
+
+
+def test_contract_checker_catches_a_scaffolded_loss_row(contract_run):
+    import copy
+
+    from ruscarl_lib.contract import ContractViolation, check_contract
+
+    _, _, result = contract_run
+    trainer = copy.copy(result.trainer)
+    trainer.logp_calls = copy.deepcopy(result.trainer.logp_calls)
+    gen = next(c for c in trainer.gen_calls if c["training"])
+    plan_i = next(i for i, p in enumerate(trainer.rounds[0]["plans"]) if p.shown)
+    bad = (gen["prompt_ids"][plan_i], gen["completion_ids"][plan_i])
+    call = next(c for c in trainer.logp_calls if c["training"] and c["grad"])
+    call["rows"][0] = bad
+    with pytest.raises(ContractViolation):
+        check_contract(trainer)
+
+
+def test_ratios_and_criteria_follow_schedule(contract_run):
+    params, examples, result = contract_run
+    by_id = {ex.id: ex for ex in examples}
+    schedule = ScaffoldSchedule.from_params(params.scaffold)
+    G, T = params.train.group_size, params.train.max_steps
+    df = read_rollouts(result.run_dir)
+    assert len(df) == T * params.train.prompts_per_step * G
+    assert sorted(df.rl_step.unique()) == [1, 2, 3]
+    for _, r in df.iterrows():
+        expected = schedule.ratio(r.sample_index, G, r.rl_step, T)
+        assert r.scaffold_ratio == pytest.approx(expected)
+        n = len(by_id[r.example_id].rubric)
+        assert r.n_shown == n_shown(n, expected)
+        assert list(r.shown) == select_criteria(
+            n, expected, seed=params.scaffold.seed, example_id=r.example_id,
+            step=r.rl_step, sample_index=r.sample_index,
+        )
+    for _, group in df.groupby(["rl_step", "group"]):
+        assert sorted(group.sample_index) == list(range(G))
+        assert group.example_id.nunique() == 1
+    # linear decay over 3 steps: full scaffold at step 1, none at step 3
+    assert df[df.rl_step == 1].scaffold_ratio.max() == 1.0
+    assert df[df.rl_step == 3].n_shown.max() == 0
+    # the reward's per-criterion verdicts reach the table
+    assert "verdicts" in df.columns and df.reward.notna().all()
+
+
+def test_metrics_file(contract_run):
+    _, _, result = contract_run
+    m = read_metrics(result.run_dir)
+    assert list(m.step) == list(range(1, 7))
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy",
+                "completions/mean_length", "scaffold/ratio_mean", "scaffold/criteria_shown_mean"):
+        assert key in m.columns, key
+    assert list(m.rl_step) == [1, 1, 2, 2, 3, 3]
+    assert m["scaffold/ratio_mean"].dropna().iloc[0] == pytest.approx(0.5)  # mean of 1, 2/3, 1/3, 0
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"adapter", "params.yaml", "versions.json", "metrics.jsonl", "rollouts"} <= files
+    assert (result.adapter_dir / "adapter_config.json").exists()
+    versions = json.loads((result.run_dir / "versions.json").read_text())
+    assert versions["trl"] == "1.15.0"
+
+
+def test_evaluation_is_never_scaffolded(contract_run):
+    _, examples, result = contract_run
+    from ruscarl_lib.rollouts import to_train_dataset
+
+    trainer = result.trainer
+    tok = trainer.processing_class
+    before = len(trainer.gen_calls)
+    trainer.evaluate(eval_dataset=to_train_dataset(examples[:2]))
+    eval_calls = trainer.gen_calls[before:]
+    assert eval_calls and not any(c["training"] for c in eval_calls)
+    clean = {_chat_ids(tok, ex.messages) for ex in examples[:2]}
+    for call in eval_calls:
+        assert set(call["prompt_ids"]) <= clean
+
+    from ruscarl_lib.contract import check_eval_unscaffolded
+
+    assert check_eval_unscaffolded(trainer, [{"prompt": ex.messages} for ex in examples[:2]]) > 0
+
+
+def test_in_loss_ablation_sees_scaffold(model_dir, tmp_path):
+    params = tiny_params(model_dir, tmp_path, "in_loss", max_steps=1, scaffold={"in_loss": True})
+    result = run_training(params, train_examples=make_examples(4), reward_funcs=[keyword_reward],
+                          trainer_cls=_probe_cls())
+    trainer = result.trainer
+    (gen,) = [c for c in trainer.gen_calls if c["training"]]
+    (rnd,) = trainer.rounds
+    assert rnd["loss_prompt_ids"] == gen["prompt_ids"]
+    assert any(plan.shown for plan in rnd["plans"])
+    expected = Counter(zip(gen["prompt_ids"], gen["completion_ids"]))
+    seen = Counter(pair for c in trainer.logp_calls if c["grad"] for pair in c["rows"])
+    assert seen == expected
+
+    from ruscarl_lib.contract import check_contract
+
+    assert check_contract(trainer).in_loss
+
+
+def test_default_rubric_reward_end_to_end(model_dir, tmp_path):
+    """No reward_funcs: the `judge` section's RubricReward (rule judge) grades the clean prompt,
+    its verdicts reach the rollout table and its accounting the metrics."""
+    params = tiny_params(model_dir, tmp_path, "judge", max_steps=1)
+    params = params.model_copy(update={"judge": params.judge.model_copy(update={"kind": "rule"})})
+    result = run_training(params, train_examples=rule_examples(4))
+    df = read_rollouts(result.run_dir)
+    assert len(df) == 8 and df.reward.notna().all()
+    assert "judge_verdicts" in df.columns
+    assert all(len(v) == n for v, n in zip(df.judge_verdicts, df.n_criteria))
+    m = read_metrics(result.run_dir)
+    assert any(c.startswith("judge/") for c in m.columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Baseline = same path with the flag off = stock TRL
+# --------------------------------------------------------------------------------------------
+
+
+def test_scaffolds_off_is_stock_grpo(model_dir, tmp_path):
+    from trl import GRPOTrainer
+
+    from ruscarl_lib.rollouts import to_train_dataset
+    from ruscarl_lib.trl_compat import install_logprob_fallback
+
+    install_logprob_fallback()
+    params = tiny_params(model_dir, tmp_path, "off", max_steps=2, kl_coef=0.05, scaffold={"enabled": False})
+    examples = make_examples(6)
+    ours = run_training(params, train_examples=examples, reward_funcs=[keyword_reward], trainer_cls=_probe_cls())
+    assert all(not p.shown for rnd in ours.trainer.rounds for p in rnd["plans"])
+
+    class StockProbe(GRPOTrainer):
+        def __init__(self, *a, **kw):
+            self.gen_calls = []
+            super().__init__(*a, **kw)
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
+            out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
+            self.gen_calls.append(([tuple(p) for p in prompt_ids], [tuple(c) for c in out[0]]))
+            return out
+
+    policy = load_policy(params.train, seed=0, backend="transformers")
+    config = build_grpo_config(params, tmp_path / "stock", world_size=1)
+    stock = StockProbe(
+        model=policy.model, reward_funcs=[keyword_reward], args=config,
+        train_dataset=to_train_dataset(examples), processing_class=policy.tokenizer,
+        peft_config=policy.peft_config,
+    )
+    stock.train()
+    ours_calls = [(c["prompt_ids"], c["completion_ids"]) for c in ours.trainer.gen_calls if c["training"]]
+    assert ours_calls == stock.gen_calls
+    a = {k: v for k, v in ours.trainer.model.state_dict().items() if "lora" in k}
+    b = {k: v for k, v in stock.model.state_dict().items() if "lora" in k}
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_on_and_off_runs_differ_only_in_scaffold(model_dir, tmp_path):
+    on = tiny_params(model_dir, tmp_path, "same")
+    off = on.model_copy(update={"scaffold": on.scaffold.model_copy(update={"enabled": False})})
+    a = build_grpo_config(on, tmp_path, world_size=1).to_dict()
+    b = build_grpo_config(off, tmp_path, world_size=1).to_dict()
+    assert a == b
+    assert a["vllm_importance_sampling_correction"] is False
+    diff = {k for k in on.model_dump() if on.model_dump()[k] != off.model_dump()[k]}
+    assert diff == {"scaffold"}
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# --------------------------------------------------------------------------------------------
+
+
+def test_resume_does_not_repeat_steps(model_dir, tmp_path):
+    """5 RL steps over 6 examples (3 steps per epoch), checkpoints at 2 and 4; the run dies
+    while logging step 5 (in the second epoch) and is started again."""
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step == 5 and logs and "loss" in logs:
+                raise KeyboardInterrupt("simulated interruption")
+
+    examples = make_examples(6)
+    common = dict(max_steps=5, save_steps=2)
+    ref = run_training(tiny_params(model_dir, tmp_path, "ref", **common), train_examples=examples,
+                       reward_funcs=[keyword_reward])
+    params = tiny_params(model_dir, tmp_path, "crash", **common)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(params, train_examples=examples, reward_funcs=[keyword_reward], callbacks=[Crash()])
+    assert list(read_metrics(params.output.dir + "/crash").step) == [1, 2, 3, 4, 5]
+    resumed = run_training(params, train_examples=examples, reward_funcs=[keyword_reward])
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-4"
+    assert resumed.global_step == 5
+
+    metrics = read_metrics(resumed.run_dir)
+    assert list(metrics.step) == [1, 2, 3, 4, 5]
+    got, want = read_rollouts(resumed.run_dir), read_rollouts(ref.run_dir)
+    assert list(got.rl_step.value_counts().sort_index()) == [8] * 5
+    # same data order, scaffolds and (restored RNG) completions as the uninterrupted run
+    cols = ["rl_step", "example_id", "sample_index", "scaffold_ratio", "n_shown", "completion"]
+    assert got[cols].equals(want[cols])
+
+
+def test_script_entry_point(model_dir, tmp_path):
+    """`python -m ruscarl_lib.training --params f.yaml --set k=v`: YAML, overrides, the data
+    section (embedded sample) and the judge section, as `accelerate launch` would run it."""
+    import yaml
+
+    from ruscarl_lib.training import main
+
+    raw = tiny_params(model_dir, tmp_path, "cli").model_dump(mode="json")
+    raw["data"]["limit"] = 2
+    raw["judge"]["kind"] = "rule"
+    raw["train"]["max_prompt_length"] = 1024
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    assert main(["--params", str(f), "--set", "train.max_steps=1", "--set", "scaffold.enabled=false"]) == 0
+    saved = yaml.safe_load((tmp_path / "cli" / "params.yaml").read_text())
+    assert saved["train"]["max_steps"] == 1 and saved["scaffold"]["enabled"] is False
+    assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").exists()
+    assert len(read_rollouts(tmp_path / "cli")) == 8
+
+
+# --------------------------------------------------------------------------------------------
+# Guards and small units
+# --------------------------------------------------------------------------------------------
+
+
+def test_trl_version_guard(monkeypatch):
+    import trl
+
+    from ruscarl_lib.rollouts import TRLVersionError, check_trl_support
+
+    check_trl_support()
+    monkeypatch.setattr(trl, "__version__", "1.16.0")
+    with pytest.raises(TRLVersionError, match="1.15"):
+        check_trl_support()
+
+
+def test_group_check_rejects_split_groups():
+    from types import SimpleNamespace
+
+    from ruscarl_lib.rollouts import ScaffoldedGRPOTrainer
+
+    fake = SimpleNamespace(num_generations=4)
+    ScaffoldedGRPOTrainer._check_groups(fake, ["a"] * 4 + ["b"] * 4, 0)
+    with pytest.raises(RuntimeError, match="not G copies"):
+        ScaffoldedGRPOTrainer._check_groups(fake, ["a", "b"] * 4, 0)
+
+
+def test_batch_geometry():
+    geo = batch_geometry(TrainParams(group_size=8, prompts_per_step=64, updates_per_step=2,
+                                     per_device_batch_size=8), world_size=8)
+    assert (geo.gradient_accumulation_steps, geo.steps_per_generation) == (4, 8)
+    with pytest.raises(ValueError, match="per_device_batch_size"):
+        batch_geometry(TrainParams(group_size=4, prompts_per_step=1, per_device_batch_size=3), 1)
+    with pytest.raises(ValueError, match="processes"):
+        batch_geometry(TrainParams(group_size=3, prompts_per_step=1, per_device_batch_size=1), 2)
+
+
+def test_torch_logprob_fallback_matches_log_softmax():
+    from ruscarl_lib.trl_compat import torch_chunked_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 16, generator=g, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g)
+    targets = torch.randint(0, 50, (7,), generator=g)
+    lp, ent, lss, mean, top1 = torch_chunked_logprobs(hidden, weight, None, targets, 0.7, 4096)
+    logits = hidden @ weight.t() / 0.7
+    ref = torch.log_softmax(logits, -1)
+    assert torch.allclose(lp, ref.gather(-1, targets[:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(ent, -(ref.exp() * ref).sum(-1), atol=1e-5)
+    assert torch.allclose(mean, logits.mean(-1), atol=1e-5)
+    assert torch.equal(top1, logits.argmax(-1) == targets)
+    lp.sum().backward()
+    assert hidden.grad is not None
+
+
+def test_backends_on_cpu():
+    assert prepare_backend(TrainParams(backend="auto")) == "transformers"
+    try:
+        import unsloth  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="gpu"):
+            prepare_backend(TrainParams(backend="unsloth"))
+
+
+# --------------------------------------------------------------------------------------------
+# Two processes (gloo): group positions and scaffold draws do not depend on the process count
+# --------------------------------------------------------------------------------------------
+
+
+def test_two_processes_keep_groups_and_seeds(model_dir, tmp_path):
+    """One prompt per step and G=4 over 2 processes: each group is split across processes
+    (positions 0-1 on rank 0, 2-3 on rank 1). The written table must match a 1-process run."""
+    script = HERE / "mp_train_script.py"
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    # `--cpu` would use the MPI launcher (one process without mpirun); `--multi_gpu` goes
+    # through torchrun, and with no GPU accelerate falls back to gloo on CPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script), str(model_dir), str(tmp_path), "mp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(script), str(model_dir), str(tmp_path), "sp"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    mp, sp = read_rollouts(tmp_path / "mp"), read_rollouts(tmp_path / "sp")
+    info = json.loads((tmp_path / "mp" / "world.json").read_text())
+    assert info["world_size"] == 2 and info["gradient_accumulation_steps"] == 1
+    cols = ["rl_step", "group", "sample_index", "example_id", "scaffold_ratio", "n_shown"]
+    assert len(mp) == len(sp) == 3 * 4
+    assert mp[cols].equals(sp[cols])
+    assert [list(x) for x in mp["shown"]] == [list(x) for x in sp["shown"]]
