@@ -1,4 +1,10 @@
-"""Command line: `ruscarl demo` (the main job) and `ruscarl run NOTEBOOK -p key=value`."""
+"""Command line.
+
+    ruscarl demo                      the main job: the notebook suite on the CPU sandbox
+    ruscarl run NOTEBOOK -p k=v       execute one notebook through papermill
+    ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.training)
+    ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps)
+"""
 
 from __future__ import annotations
 
@@ -20,8 +26,20 @@ def _parse_kv(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ruscarl", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from ruscarl_lib.training import main as train_main
+
+        return train_main(argv[1:])
+    if argv and argv[0] == "sweep":
+        from ruscarl_lib.sweeps import main as sweep_main
+
+        return sweep_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="ruscarl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="GRPO training; see `ruscarl train --help`")
+    sub.add_parser("sweep", help="papermill sweep; see `ruscarl sweep --help`")
 
     demo = sub.add_parser("demo", help="run the notebook suite on the embedded CPU data")
     demo.add_argument("--out", default="outputs/demo")

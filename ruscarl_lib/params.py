@@ -91,6 +91,9 @@ class JudgeParams(_Section):
     routing: Literal["least_loaded", "round_robin"] = "least_loaded"
     endpoint_failures_before_cooldown: int = Field(3, ge=1)
     endpoint_cooldown_s: float = Field(30.0, ge=0)
+    http_backend: Literal["auto", "httpx", "aiohttp"] = Field(
+        "auto", description="openai client transport; auto: aiohttp when installed (less CPU)."
+    )
     strip_response_think: bool = Field(
         True, description="Grade the policy's answer without its <think> reasoning."
     )
@@ -205,6 +208,41 @@ class TrainParams(_Section):
     seed: int | None = Field(None, description="Training seed; None: the top-level `seed`.")
 
 
+class EvalParams(_Section):
+    """Evaluation of a model (plus optional LoRA adapter) on a rubric set; never scaffolded.
+
+    Sampling defaults follow the paper's rollout settings. `n_samples` > 1 draws M answers per
+    prompt for Best-of-N and diversity; the headline score then averages all of them.
+    """
+
+    model: str | None = Field(None, description="Model id or local path; None: train.model.")
+    adapter: str | None = Field(None, description="LoRA adapter folder; None: the base model only.")
+    reference_model: str | None = Field(
+        None, description="Initial model for novelty; None: the adapter disabled (needs `adapter`)."
+    )
+    embedding_model: str | None = Field(
+        None, description="Local encoder for cosine diversity; None or missing offline: skipped."
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vLLM when a GPU is present and vLLM imports, else transformers."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    data_path: str | None = Field(None, description="Eval set file; None: the `data` section.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N examples.")
+    n_samples: int = Field(1, ge=1, description="M: answers sampled per prompt.")
+    max_new_tokens: int = Field(4096, ge=1)
+    temperature: float = Field(0.7, ge=0, description="0: greedy decoding.")
+    top_p: float = Field(0.8, gt=0, le=1)
+    top_k: int = Field(20, ge=0, description="0 disables top-k.")
+    batch_size: int = Field(8, ge=1, description="Sequences per HF generate call.")
+    chunk_prompts: int = Field(16, ge=1, description="Prompts per saved generation chunk (resume unit).")
+    grade_chunk: int = Field(64, ge=1, description="Responses per saved verdict chunk (resume unit).")
+    n_bootstrap: int = Field(1000, ge=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM only.")
+    max_lora_rank: int = Field(64, ge=1, description="vLLM only: largest LoRA rank to serve.")
+    seed: int | None = Field(None, description="Sampling seed; None: the top-level `seed`.")
+
+
 class Params(_Section):
     """All parameters of the suite. Each notebook reads the sections it needs."""
 
@@ -214,6 +252,7 @@ class Params(_Section):
     judge: JudgeParams = Field(default_factory=JudgeParams)
     output: OutputParams = Field(default_factory=OutputParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -53,8 +53,8 @@ def run_notebook(
     output_path = resolve_path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(output_path.stem + ".running.ipynb")
-    env_root = os.environ.get("RUSCARL_ROOT")
-    os.environ["RUSCARL_ROOT"] = str(project_root())
+    # The kernel starts in the project root, where `project_root()` finds pyproject.toml, so
+    # relative paths in parameters mean the same thing as on this command line.
     try:
         pm.execute_notebook(
             str(source),
@@ -71,11 +71,6 @@ def run_notebook(
         if partial.exists():
             os.replace(partial, output_path.with_name(output_path.stem + ".failed.ipynb"))
         raise
-    finally:
-        if env_root is None:
-            os.environ.pop("RUSCARL_ROOT", None)
-        else:
-            os.environ["RUSCARL_ROOT"] = env_root
     os.replace(partial, output_path)
     return output_path
 

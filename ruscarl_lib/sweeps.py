@@ -1,0 +1,613 @@
+"""Parameter sweeps: one sweep file, many notebook runs, one table and one report.
+
+A sweep file (YAML, usually under `params/`) names a base params file, the notebooks to run,
+and the points to run them at: a `grid` (dotted key -> list of values, crossed) and/or explicit
+`points` (override dicts). Keys starting with `notebook.` are passed to the notebooks as
+papermill parameters instead of going into the params file. Example:
+
+    name: scaffold_ablation
+    base: params/cpu_sandbox.yaml
+    notebooks: [03_train, 04_evaluate]
+    overrides: {train.max_steps: 100}          # every run
+    grid: {scaffold.alpha: [50, 125], scaffold.t0: [0.1, 0.2]}
+    points:
+      - {scaffold.enabled: false}
+      - {scaffold.intra_group: binary}
+    max_parallel: 2
+
+Each run lives in `outputs/sweeps/<name>/<run_id>/`: its effective `params.yaml` (with
+`output.dir`/`output.run_name` pointing at that folder, so a training notebook writes its run
+there), one executed notebook per stage, each stage's own output folder, the collected
+`metrics.json`, and a `DONE` marker written last. A rerun skips runs with the marker; a run
+without it (failed, killed, half-written) has its folder cleared and is run again. Every file
+the sweep writes goes through a temporary name, so nothing half-written ever looks complete.
+Run ids are `<key=value slug>-<hash>`: readable, and stable because the hash covers only what
+shapes the run (the parsed base params, the overrides and the notebook parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .params import ParamsError, load_params, params_from_dict, save_params, set_dotted
+from .paths import atomic_write_text, project_root, resolve_path
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_PREFIX = "notebook."
+DONE_MARKER = "DONE"
+RUN_FILE = "run.json"
+RUN_METRICS = "metrics.json"
+SWEEPS_DIR = "outputs/sweeps"
+
+__all__ = [
+    "SweepRun",
+    "SweepSpec",
+    "SweepResult",
+    "collect_metrics",
+    "expand_runs",
+    "load_sweep",
+    "main",
+    "run_sweep",
+    "summary_figure",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep file
+# --------------------------------------------------------------------------------------------
+
+
+class SweepSpec(BaseModel):
+    """A validated sweep file. Unknown keys are errors, as in params files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Folder name under outputs/sweeps/.")
+    description: str = ""
+    base: str = Field("params/default.yaml", description="Base params file every run starts from.")
+    notebooks: list[str] = Field(..., min_length=1, description="Notebooks run in order for every point.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides for every run.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Papermill parameters for every run.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Crossed: every combination is a run.")
+    points: list[dict[str, Any]] = Field(default_factory=list, description="Explicit runs (override dicts).")
+    combine: Literal["union", "product"] = Field(
+        "union", description="union: grid runs plus point runs; product: every point at every grid cell."
+    )
+    metrics_file: str = Field("summary.json", description="JSON file each notebook writes in its output_dir.")
+    report_metrics: list[str] = Field(
+        default_factory=list, description="Metrics plotted in the report; empty: every numeric one."
+    )
+    max_parallel: int = Field(1, ge=1, description="Runs executed at the same time.")
+    timeout_s: int | None = Field(None, ge=1, description="Per-cell execution timeout.")
+    keep_partial: bool = Field(
+        False, description="Do not clear an unfinished run's folder (for notebooks that resume themselves)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("name may hold letters, digits, '_', '.' and '-' only")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, vals in v.items() if not vals]
+        if empty:
+            raise ValueError(f"grid keys without values: {empty}")
+        return v
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    """The sweep file and the folder it sits in (relative paths may be taken from there)."""
+    path = resolve_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: sweep file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return SweepSpec.model_validate(raw), path.parent
+    except ValidationError as err:
+        lines = [f"{path}: invalid sweep file"]
+        for e in err.errors():
+            lines.append(f"  - {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}")
+        raise ParamsError("\n".join(lines)) from None
+
+
+def _locate(value: str, sweep_dir: Path | None) -> Path:
+    """Absolute paths as they are; relative ones from the project root, else the sweep file's folder."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    candidate = resolve_path(p)
+    if not candidate.exists() and sweep_dir is not None and (sweep_dir / p).exists():
+        return sweep_dir / p
+    return candidate
+
+
+def _notebook_source(name: str, sweep_dir: Path | None) -> Path:
+    """`03_train` means notebooks/03_train.ipynb; anything with a folder or suffix is a path."""
+    p = Path(name)
+    if len(p.parts) == 1 and p.suffix != ".ipynb":
+        return project_root() / "notebooks" / f"{name}.ipynb"
+    return _locate(name, sweep_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One point of the sweep.
+
+    `varied` is what the point itself sets; `settings` holds the effective value of every key
+    varied anywhere in the sweep (so table columns are complete even where a point left a key
+    at its base value); `overrides` and `notebook_parameters` are what the run is executed with.
+    """
+
+    run_id: str
+    varied: dict[str, Any]
+    settings: dict[str, Any]
+    overrides: dict[str, Any]
+    notebook_parameters: dict[str, Any]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (int, str)):
+        return str(v)
+    return hashlib.sha256(_canonical(v).encode()).hexdigest()[:6]
+
+
+def _slug(varied: dict[str, Any], max_len: int = 60) -> str:
+    leaves = [k.rsplit(".", 1)[-1] for k in varied]
+    parts = []
+    for key, leaf in zip(varied, leaves):
+        label = leaf if leaves.count(leaf) == 1 else key
+        parts.append(f"{label}={_format_value(varied[key])}")
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts)).strip("-_")
+    return text[:max_len].rstrip("-_") or "base"
+
+
+def run_id_for(effective_params: dict[str, Any], notebook_parameters: dict[str, Any], varied: dict[str, Any]) -> str:
+    """`<slug>-<8 hex>`. The hash covers the base params with the overrides applied (as written,
+    before schema defaults, so a library upgrade does not rename runs) and the notebook
+    parameters: two points that end up with the same settings are one run."""
+    digest = hashlib.sha256(_canonical({"params": effective_params, "notebook": notebook_parameters}).encode()).hexdigest()[:8]
+    return f"{_slug(varied)}-{digest}"
+
+
+def _dotted_get(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _points(spec: SweepSpec) -> list[dict[str, Any]]:
+    keys = list(spec.grid)
+    grid = [dict(zip(keys, combo)) for combo in itertools.product(*(spec.grid[k] for k in keys))] if keys else []
+    if spec.combine == "product":
+        cells = grid or [{}]
+        explicit = spec.points or [{}]
+        return [{**p, **g} for p in explicit for g in cells]
+    out = grid + [dict(p) for p in spec.points]
+    return out or [{}]
+
+
+def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun]:
+    """Every run of the sweep, in file order, duplicates removed; each run's params validated now,
+    so a typo fails before anything runs."""
+    base_path = _locate(spec.base, sweep_dir)
+    try:
+        base_raw = yaml.safe_load(base_path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{base_path}: base params file of sweep {spec.name!r} not found") from None
+    points = _points(spec)
+    varied_keys = list(dict.fromkeys(k for p in points for k in p))
+    runs: list[SweepRun] = []
+    seen: set[str] = set()
+    for point in points:
+        merged = {**spec.overrides, **point}
+        overrides = {k: v for k, v in merged.items() if not k.startswith(NOTEBOOK_PREFIX)}
+        nb_params = {**spec.parameters,
+                     **{k[len(NOTEBOOK_PREFIX):]: v for k, v in merged.items() if k.startswith(NOTEBOOK_PREFIX)}}
+        raw = copy.deepcopy(base_raw)
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        effective = params_from_dict(copy.deepcopy(raw), source=f"{base_path} + {overrides}").model_dump(mode="json")
+        run_id = run_id_for(raw, nb_params, point)
+        digest = run_id.rsplit("-", 1)[1]
+        if digest in seen:  # same settings as an earlier point, whatever it was called
+            continue
+        seen.add(digest)
+        settings = {k: nb_params.get(k[len(NOTEBOOK_PREFIX):]) if k.startswith(NOTEBOOK_PREFIX)
+                    else _dotted_get(effective, k) for k in varied_keys}
+        runs.append(SweepRun(run_id=run_id, varied=dict(point), settings=settings, overrides=overrides,
+                             notebook_parameters=nb_params))
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# Executing one run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: Literal["done", "skipped", "failed", "locked"]
+    seconds: float = 0.0
+    error: str = ""
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys; only scalars are kept (lists and tables belong in files)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {prefix[:-1] or "value": obj}
+    return {}
+
+
+def _stage_name(notebook: str) -> str:
+    return Path(notebook).stem
+
+
+def _atomic_json(path: Path, payload: Any) -> Path:
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=str, allow_nan=True))
+
+
+def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, sources: list[Path],
+             progress: bool) -> RunOutcome:
+    """Execute every notebook of one run; DONE is written only after metrics.json."""
+    from filelock import FileLock, Timeout
+
+    run_dir = root / run.run_id
+    lock = FileLock(str(root / ".locks" / f"{run.run_id}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return RunOutcome(run.run_id, "locked", error="another sweep process holds this run")
+    try:
+        if (run_dir / DONE_MARKER).exists():
+            return RunOutcome(run.run_id, "skipped")
+        if run_dir.exists() and not spec.keep_partial:
+            log.info("run %s was not finished: clearing %s", run.run_id, run_dir)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        overrides = {**run.overrides, "output.dir": str(root), "output.run_name": run.run_id}
+        params = load_params(base_path, overrides)
+        params_file = save_params(params, run_dir / "params.yaml")
+        _atomic_json(run_dir / RUN_FILE, {
+            "run_id": run.run_id, "sweep": spec.name, "varied": run.varied, "overrides": run.overrides,
+            "notebook_parameters": run.notebook_parameters, "notebooks": spec.notebooks,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        from .reports import run_notebook
+
+        metrics: dict[str, Any] = {}
+        missing: list[str] = []
+        try:
+            for name, source in zip(spec.notebooks, sources):
+                stage = _stage_name(name)
+                stage_dir = run_dir / stage
+                parameters = {"params_file": str(params_file), "output_dir": str(stage_dir),
+                              **run.notebook_parameters}
+                run_notebook(source, run_dir / f"{stage}.ipynb", parameters, progress=progress,
+                             timeout_s=spec.timeout_s)
+                found = stage_dir / spec.metrics_file
+                if not found.exists():
+                    missing.append(stage)
+                    continue
+                values = _flatten(json.loads(found.read_text()))
+                prefix = f"{stage}." if len(spec.notebooks) > 1 else ""
+                metrics.update({prefix + k: v for k, v in values.items()})
+        except Exception as err:  # a failed run is recorded and redone next time
+            atomic_write_text(run_dir / "ERROR.txt", traceback.format_exc())
+            return RunOutcome(run.run_id, "failed", time.perf_counter() - t0, f"{type(err).__name__}: {err}"[:500])
+        seconds = time.perf_counter() - t0
+        _atomic_json(run_dir / RUN_METRICS, {"run_id": run.run_id, "seconds": seconds,
+                                             "missing_metrics": missing, "metrics": metrics})
+        atomic_write_text(run_dir / DONE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        return RunOutcome(run.run_id, "done", seconds)
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting and reporting
+# --------------------------------------------------------------------------------------------
+
+
+def collect_metrics(root: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
+    """One row per finished run: run_id, the varied settings, run seconds, then its metrics.
+
+    Only runs with the DONE marker count; their metrics.json was complete before it was written.
+    """
+    root = Path(root)
+    rows = []
+    for run in runs:
+        run_dir = root / run.run_id
+        if not (run_dir / DONE_MARKER).exists():
+            continue
+        saved = json.loads((run_dir / RUN_METRICS).read_text())
+        rows.append({"run_id": run.run_id, **run.settings, "seconds": saved["seconds"], **saved["metrics"]})
+    return pd.DataFrame(rows)
+
+
+def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns mixing types (a metric that is a number in one run, text in another) become text."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 or (kinds and not kinds <= {str, bool}):
+                out[col] = out[col].map(lambda v: None if v is None else str(v))
+    return out
+
+
+def _write_tables(root: Path, metrics: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[Path, Path]:
+    parquet = root / "metrics.parquet"
+    tmp = root / f".metrics.parquet.{os.getpid()}.tmp"
+    _parquet_safe(metrics).to_parquet(tmp, index=False)
+    os.replace(tmp, parquet)
+    csv = atomic_write_text(root / "metrics.csv", metrics.to_csv(index=False))
+    atomic_write_text(root / "runs.csv", outcomes.to_csv(index=False))
+    return parquet, csv
+
+
+def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Sequence[str] | None = None,
+                   *, by_run: bool = False, max_panels: int = 6):
+    """One panel per numeric metric (at most `max_panels`); None when there is nothing to plot.
+
+    A grid sweep plots each metric against its first varied key (hue: the second). A sweep of
+    explicit points (`by_run`), or one that varies nothing, gets one bar per run instead, since
+    its points do not share an axis.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    skip = {"run_id", "seconds", *varied}
+    if metric_cols is None:
+        metric_cols = [c for c in metrics.columns if c not in skip and pd.api.types.is_numeric_dtype(metrics[c])
+                       and not pd.api.types.is_bool_dtype(metrics[c])]
+    metric_cols = [c for c in metric_cols if c in metrics.columns][:max_panels]
+    if not metric_cols or metrics.empty:
+        return None
+    n = len(metric_cols)
+    cols = min(3, n)
+    data = metrics.copy()
+    varied = [v for v in varied if v in data.columns]
+    if by_run or not varied:
+        height = max(3.0, 0.35 * len(data) + 1.2)
+        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, height * math.ceil(n / cols)),
+                                 squeeze=False)
+        for ax, col in zip(axes.ravel(), metric_cols):
+            sns.barplot(data=data, y="run_id", x=col, ax=ax, color="tab:blue")
+            ax.set(title=col, xlabel="", ylabel="")
+    else:
+        fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, 3.8 * math.ceil(n / cols)),
+                                 squeeze=False)
+        x, hue = varied[0], (varied[1] if len(varied) > 1 else None)
+        data[x] = data[x].astype(str)
+        if hue:
+            data[hue] = data[hue].astype(str)
+        for ax, col in zip(axes.ravel(), metric_cols):
+            sns.pointplot(data=data, x=x, y=col, hue=hue, ax=ax, dodge=0.2 if hue else False)
+            ax.set_title(col)
+            ax.tick_params(axis="x", rotation=30)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+_SUMMARY_CELLS = [
+    ("code", "sweep_dir = ''", ["parameters"]),
+    ("code", """import json
+from pathlib import Path
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+from ruscarl_lib.sweeps import summary_figure
+
+root = Path(sweep_dir)
+info = json.loads((root / 'sweep.json').read_text())
+metrics = pd.read_parquet(root / 'metrics.parquet')
+runs = pd.read_csv(root / 'runs.csv').fillna({'error': ''})
+display(Markdown(f"# Sweep `{info['name']}`\\n\\n{info['description']}\\n\\n"
+                 f"Base params: `{info['base']}`; notebooks: {', '.join(info['notebooks'])}; "
+                 f"{len(metrics)} of {len(runs)} runs finished."))""", []),
+    ("markdown", "## Runs\nStatus of every run of this invocation (`skipped`: finished earlier).", []),
+    ("code", "runs", []),
+    ("markdown", "## Metrics\nOne row per finished run: the settings it varied, then what its notebooks reported.", []),
+    ("code", "metrics", []),
+    ("code", """fig = summary_figure(metrics, info['varied'], info['report_metrics'] or None, by_run=info['by_run'])
+if fig is not None:
+    fig.savefig(root / 'summary.png', dpi=110, bbox_inches='tight')
+    plt.show()""", []),
+]
+
+
+def _summary_notebook(path: Path) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    for kind, source, tags in _SUMMARY_CELLS:
+        cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    return atomic_write_text(path, nbformat.writes(nb))
+
+
+def render_report(root: Path, title: str, progress: bool = False) -> tuple[Path, Path]:
+    """Execute the summary notebook on the collected tables and export it as report.html."""
+    from .reports import export_html, run_notebook
+
+    source = _summary_notebook(root / ".summary_source.ipynb")
+    executed = run_notebook(source, root / "summary.ipynb", {"sweep_dir": str(root)}, progress=progress)
+    html = export_html([executed], root / "report.html", title=title)
+    return executed, html
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    root: Path
+    runs: list[SweepRun]
+    outcomes: list[RunOutcome]
+    metrics: pd.DataFrame
+    metrics_path: Path | None = None
+    report_path: Path | None = None
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_sweep(
+    path: str | Path,
+    *,
+    out_root: str | Path | None = None,
+    max_parallel: int | None = None,
+    only: Sequence[str] | None = None,
+    report: bool = True,
+    progress: bool = False,
+) -> SweepResult:
+    """Run every unfinished point of the sweep file `path`, then collect and report.
+
+    `out_root` replaces `outputs/sweeps` (the sweep lands in `<out_root>/<name>/`); `only`
+    restricts the runs to these run ids. Failed runs do not stop the others; they are listed in
+    the result and redone on the next call.
+    """
+    spec, sweep_dir = load_sweep(path)
+    runs = expand_runs(spec, sweep_dir)
+    if only:
+        unknown = sorted(set(only) - {r.run_id for r in runs})
+        if unknown:
+            raise KeyError(f"no such run ids in sweep {spec.name!r}: {unknown}")
+        selected = [r for r in runs if r.run_id in set(only)]
+    else:
+        selected = runs
+    root = (resolve_path(out_root) if out_root is not None else resolve_path(SWEEPS_DIR)) / spec.name
+    (root / ".locks").mkdir(parents=True, exist_ok=True)
+    base_path = _locate(spec.base, sweep_dir)
+    sources = [_notebook_source(n, sweep_dir) for n in spec.notebooks]
+    missing = [str(s) for s in sources if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"sweep {spec.name!r}: notebooks not found: {missing}")
+    varied_keys = list(runs[0].settings) if runs else []
+    _atomic_json(root / "sweep.json", {**spec.model_dump(), "base": str(base_path), "varied": varied_keys,
+                                       "by_run": bool(spec.points),
+                                       "run_ids": [r.run_id for r in runs]})
+
+    workers = max(1, min(max_parallel or spec.max_parallel, len(selected) or 1))
+    if workers == 1:
+        outcomes = [_announce(_run_one(spec, r, root, base_path, sources, progress)) for r in selected]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_run_one, spec, r, root, base_path, sources, progress) for r in selected]
+            outcomes = [_announce(f.result()) for f in futures]
+
+    metrics = collect_metrics(root, runs)
+    by_id = {o.run_id: o for o in outcomes}
+    status = pd.DataFrame([
+        {"run_id": r.run_id, "status": by_id[r.run_id].status if r.run_id in by_id else
+         ("done" if (root / r.run_id / DONE_MARKER).exists() else "not run"),
+         "seconds": round(by_id[r.run_id].seconds, 2) if r.run_id in by_id else None,
+         "error": by_id[r.run_id].error if r.run_id in by_id else "", **r.settings}
+        for r in runs
+    ])
+    metrics_path, _ = _write_tables(root, metrics, status)
+    result = SweepResult(root=root, runs=runs, outcomes=outcomes, metrics=metrics, metrics_path=metrics_path,
+                         failed=[o.run_id for o in outcomes if o.status in ("failed", "locked")])
+    if report:
+        _, result.report_path = render_report(root, title=f"Sweep {spec.name}", progress=progress)
+    return result
+
+
+def _announce(outcome: RunOutcome) -> RunOutcome:
+    extra = f" ({outcome.seconds:.1f}s)" if outcome.status == "done" else (f": {outcome.error}" if outcome.error else "")
+    print(f"[sweep] {outcome.run_id}: {outcome.status}{extra}", file=sys.stderr, flush=True)
+    return outcome
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ruscarl_lib.sweeps params/sweep_x.yaml [--dry-run] [--max-parallel N] ...`"""
+    parser = argparse.ArgumentParser(prog="ruscarl sweep", description="Run a parameter sweep of notebooks.")
+    parser.add_argument("sweep_file")
+    parser.add_argument("--out", help="folder replacing outputs/sweeps")
+    parser.add_argument("--max-parallel", type=int, help="override the sweep file's max_parallel")
+    parser.add_argument("--only", action="append", metavar="RUN_ID", help="run only these run ids")
+    parser.add_argument("--no-report", action="store_true", help="skip the summary notebook and HTML")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    parser.add_argument("--progress", action="store_true", help="show papermill progress bars")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        spec, sweep_dir = load_sweep(args.sweep_file)
+        root = (resolve_path(args.out) if args.out else resolve_path(SWEEPS_DIR)) / spec.name
+        for run in expand_runs(spec, sweep_dir):
+            done = (root / run.run_id / DONE_MARKER).exists()
+            print(f"{'done ' if done else 'todo '} {run.run_id}  {json.dumps(run.varied, default=str)}")
+        return 0
+    result = run_sweep(args.sweep_file, out_root=args.out, max_parallel=args.max_parallel, only=args.only,
+                       report=not args.no_report, progress=args.progress)
+    print(f"metrics: {result.metrics_path}")
+    if result.report_path:
+        print(f"report: {result.report_path}")
+    if result.failed:
+        print(f"failed runs (rerun to retry): {', '.join(result.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
