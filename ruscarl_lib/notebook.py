@@ -10,8 +10,7 @@ from typing import Any
 from ruscarl_lib.params import Params, load_params, save_params
 from ruscarl_lib.paths import resolve_path
 
-#: Parameter values that mean "not set here, keep what the params file says".
-UNSET = (None, "", -1)
+#: Parameter values that mean "not set here, keep what the params file says": None, "" and -1.
 
 
 def notebook_setup(
@@ -31,4 +30,6 @@ def notebook_setup(
 
 
 def _is_unset(value: Any) -> bool:
-    return any(value is u or (type(value) is type(u) and value == u) for u in UNSET)
+    if value is None or value == "":
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == -1
