@@ -1,0 +1,58 @@
+"""Judges: who decides whether a response meets each rubric criterion (METHOD.md section 3).
+
+`build_judge(params.judge)` gives the judge that params describe:
+- kind `rule`: rule verifiers only (criteria without a rule get failed `no_judge` verdicts);
+- kind `openai`: rule criteria to rule verifiers, all others to an OpenAI-compatible LLM
+  judge, behind an on-disk verdict cache when `cache_path` is set.
+All judges share one JudgeStats, available as `judge.stats`.
+"""
+
+from __future__ import annotations
+
+from ..params import JudgeParams
+from .cache import CachedJudge, VerdictCache
+from .composite import CompositeJudge
+from .llm import JudgeConfigError, OpenAIJudge, resolve_api_key
+from .prompts import PROMPT_VERSION, build_messages, strip_think
+from .rules import RuleJudge, check_rule, is_rule_criterion, register_rule, registered_rules
+from .verdict import FAILURE_KINDS, GradingItem, Judge, JudgeStats, Verdict
+
+
+def build_judge(params: JudgeParams, stats: JudgeStats | None = None) -> Judge:
+    """The judge described by `params` (see module docstring)."""
+    stats = stats if stats is not None else JudgeStats()
+    rules = RuleJudge(stats)
+    judge: Judge
+    if params.kind == "rule":
+        judge = rules
+    else:
+        llm: Judge = OpenAIJudge(params, stats)
+        if params.cache_path:
+            llm = CachedJudge(llm, VerdictCache(params.cache_path), stats)
+        judge = CompositeJudge(rules, llm, stats)
+    judge.params = params
+    return judge
+
+
+__all__ = [
+    "FAILURE_KINDS",
+    "PROMPT_VERSION",
+    "CachedJudge",
+    "CompositeJudge",
+    "GradingItem",
+    "Judge",
+    "JudgeConfigError",
+    "JudgeStats",
+    "OpenAIJudge",
+    "RuleJudge",
+    "Verdict",
+    "VerdictCache",
+    "build_judge",
+    "build_messages",
+    "check_rule",
+    "is_rule_criterion",
+    "register_rule",
+    "registered_rules",
+    "resolve_api_key",
+    "strip_think",
+]

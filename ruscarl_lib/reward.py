@@ -1,0 +1,283 @@
+"""The rubric reward as a TRL 1.15 GRPOTrainer reward function (METHOD.md section 3).
+
+TRL calls reward functions as
+
+    reward(prompts=[...], completions=[...], completion_ids=[...], trainer_state=TrainerState,
+           log_extra=fn(column, values), log_metric=fn(name, value), **dataset_columns)
+
+with one entry per completion in every list (dataset columns are repeated per generation),
+and awaits the call when `__call__` is a coroutine, on its own event loop thread, gathered
+with other async reward functions. `RubricReward` is such an async callable.
+
+Dataset columns it reads (names configurable):
+- `rubric`: the criteria, as a list of `{"criterion": str, "points": number, "tags": [str]}`
+  (the project record, `Criterion.to_dict()`), or the same list as a JSON string (safest with
+  HF datasets, whose Arrow columns would otherwise merge dict keys across rows), or a list of
+  `Criterion`. Tags may also be a `{key: value}` dict.
+- `judge_prompt` (optional): the clean conversation (list of `{role, content}` messages, or a
+  JSON string of it). The grader must never see a scaffold (METHOD.md section 3); when
+  training puts the scaffold into the `prompt` column, provide `judge_prompt`. Without it the
+  `prompts` argument is used (a plain string becomes one user message).
+- `example_id` (optional): carried into the kept verdicts.
+
+Completions may be plain strings or conversational (a list of assistant messages).
+The reward is `scoring.example_score` under the params' failure policy; a completion that
+cannot be scored (no positive points left) gets None, which TRL treats as "no reward".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .judges import Judge, JudgeStats, Verdict, build_judge, strip_think
+from .judges.prompts import message_text
+from .judges.verdict import GradingItem
+from .params import JudgeParams
+from .rubric import Criterion
+from .scoring import FAILURE_POLICIES, example_score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompletionVerdicts:
+    """Everything decided about one completion, kept for later analysis."""
+
+    step: int | None
+    index: int
+    example_id: str | None
+    response: str
+    criteria: list[Criterion]
+    verdicts: list[Verdict]
+    score: float
+    failure_policy: str
+
+    @property
+    def n_failed(self) -> int:
+        return sum(v.failed for v in self.verdicts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "index": self.index,
+            "example_id": self.example_id,
+            "response": self.response,
+            "score": None if math.isnan(self.score) else self.score,
+            "failure_policy": self.failure_policy,
+            "criteria": [c.to_dict() for c in self.criteria],
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
+
+
+class VerdictLog:
+    """A sink appending one JSON line per completion: `reward.add_sink(VerdictLog(path))`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+
+    def __call__(self, batch: list[CompletionVerdicts]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for rec in batch:
+                f.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Column decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, dict):
+        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None)
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return tuple(str(t) for t in value)
+
+
+def criteria_from_column(value: Any) -> list[Criterion]:
+    """The criteria of one row's rubric column (see module docstring for the formats)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    out = []
+    for c in value:
+        if isinstance(c, Criterion):
+            out.append(c)
+        elif isinstance(c, dict):
+            text = c.get("criterion", c.get("text"))
+            if not isinstance(text, str) or "points" not in c:
+                raise ValueError(f"rubric entry needs 'criterion' text and 'points': {c!r}")
+            out.append(Criterion(text=text, points=float(c["points"]), tags=_tags(c.get("tags"))))
+        else:
+            raise ValueError(f"cannot read a rubric entry of type {type(c).__name__}")
+    return out
+
+
+def conversation_from_value(value: Any) -> list[dict[str, Any]]:
+    """Messages from a conversation cell: a message list, its JSON, or a plain prompt string."""
+    if isinstance(value, str):
+        stripped = value.lstrip()
+        if stripped.startswith("["):
+            try:
+                parsed = json.loads(value)
+                if isinstance(parsed, list) and all(isinstance(m, dict) and "role" in m for m in parsed):
+                    return parsed
+            except json.JSONDecodeError:
+                pass
+        return [{"role": "user", "content": value}]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return [dict(m) for m in value]
+
+
+def response_text(completion: Any) -> str:
+    """The text to grade: a plain string, or the assistant content of a conversational completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    parts = [message_text(m.get("content")) for m in completion if m.get("role", "assistant") == "assistant"]
+    return "\n".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------------------------
+# The reward function
+# --------------------------------------------------------------------------------------------
+
+
+class RubricReward:
+    """Async TRL reward: grade each completion against its row's rubric, return the score.
+
+    After each call, `last_batch` holds the per-criterion verdicts and every sink added with
+    `add_sink` receives them; judge metrics for the call go to TRL's `log_metric` under
+    `metric_prefix` (calls, cache hits, failures by kind, tokens, latency, wall time) and
+    failed criteria are also logged as a warning. `judge.stats` accumulates over the run.
+    """
+
+    def __init__(
+        self,
+        judge: Judge | JudgeParams,
+        *,
+        failure_policy: str | None = None,
+        rubric_column: str = "rubric",
+        conversation_column: str = "judge_prompt",
+        id_column: str = "example_id",
+        clean_conversation: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        strip_response_think: bool | None = None,
+        progress: bool = False,
+        metric_prefix: str = "judge/",
+        name: str = "rubric_reward",
+    ) -> None:
+        params = judge if isinstance(judge, JudgeParams) else getattr(judge, "params", None)
+        self.judge: Judge = build_judge(judge) if isinstance(judge, JudgeParams) else judge
+        policy = failure_policy or (params.failure_policy if params is not None else "exclude")
+        if policy not in FAILURE_POLICIES:
+            raise ValueError(f"unknown failure_policy {policy!r}; expected one of {FAILURE_POLICIES}")
+        self.failure_policy = policy
+        self.rubric_column = rubric_column
+        self.conversation_column = conversation_column
+        self.id_column = id_column
+        self.clean_conversation = clean_conversation
+        if strip_response_think is None:
+            strip_response_think = params.strip_response_think if params is not None else True
+        self.strip_response_think = strip_response_think
+        self.progress = progress
+        self.metric_prefix = metric_prefix
+        self.__name__ = name  # TRL names the reward column after this
+        self.last_batch: list[CompletionVerdicts] = []
+        self.last_stats: JudgeStats | None = None
+        self.sinks: list[Callable[[list[CompletionVerdicts]], None]] = []
+
+    @property
+    def stats(self) -> JudgeStats:
+        """Judge accounting for the whole run so far."""
+        return self.judge.stats
+
+    def add_sink(self, sink: Callable[[list[CompletionVerdicts]], None]) -> None:
+        """Call `sink(batch)` after every reward call (e.g. `VerdictLog(path)`)."""
+        self.sinks.append(sink)
+
+    def _items(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Any]) -> list[GradingItem]:
+        if self.rubric_column not in columns:
+            raise KeyError(
+                f"reward needs the dataset column {self.rubric_column!r} (the rubric); got columns {sorted(columns)}"
+            )
+        rubrics = columns[self.rubric_column]
+        convs = columns.get(self.conversation_column) or [None] * len(prompts)
+        items = []
+        for prompt, conv_value, completion, rubric in zip(prompts, convs, completions, rubrics, strict=True):
+            conv = conversation_from_value(prompt if conv_value is None else conv_value)
+            if self.clean_conversation is not None:
+                conv = self.clean_conversation(conv)
+            text = response_text(completion)
+            if self.strip_response_think:
+                text = strip_think(text)
+            items.append(GradingItem(conv, text, criteria_from_column(rubric)))
+        return items
+
+    async def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Any] | None = None,
+        trainer_state: Any = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **columns: Any,
+    ) -> list[float | None]:
+        items = self._items(prompts, completions, columns)
+        step = getattr(trainer_state, "global_step", None)
+        before = self.judge.stats.copy()
+        verdicts = await self.judge.grade_many(items, progress="judge" if self.progress else False)
+        step_stats = self.judge.stats.since(before)
+        self.last_stats = step_stats
+
+        ids = columns.get(self.id_column)
+        batch: list[CompletionVerdicts] = []
+        rewards: list[float | None] = []
+        for n, (it, vs) in enumerate(zip(items, verdicts)):
+            score = example_score([c.points for c in it.criteria], [v.met for v in vs], self.failure_policy)
+            rewards.append(None if math.isnan(score) else score)
+            batch.append(CompletionVerdicts(
+                step=step, index=n, example_id=None if ids is None else str(ids[n]), response=it.response,
+                criteria=list(it.criteria), verdicts=vs, score=score, failure_policy=self.failure_policy,
+            ))
+        self.last_batch = batch
+
+        n_failed = sum(r.n_failed for r in batch)
+        n_unscored = sum(r is None for r in rewards)
+        if n_failed:
+            kinds = ", ".join(f"{k}={v}" for k, v in sorted(step_stats.failures.items()))
+            log.warning(
+                "judge: %d of %d criteria failed (%s) at step %s; scored with failure_policy=%s",
+                n_failed, step_stats.criteria, kinds, step, self.failure_policy,
+            )
+        if log_metric is not None:
+            for name, value in step_stats.as_metrics(self.metric_prefix).items():
+                log_metric(name, value)
+            log_metric(self.metric_prefix + "unscored_completions", float(n_unscored))
+        if log_extra is not None:
+            log_extra("judge_verdicts", ["".join("?" if v.failed else "Y" if v.met else "N" for v in r.verdicts) for r in batch])
+            log_extra("judge_failed", [r.n_failed for r in batch])
+        for sink in self.sinks:
+            try:
+                sink(batch)
+            except Exception:  # analysis must not stop training
+                log.exception("verdict sink %r failed", sink)
+        return rewards
+
+
+def rubric_reward(params: JudgeParams, **kwargs: Any) -> RubricReward:
+    """A RubricReward with the judge that `params` describe (same as `RubricReward(params)`)."""
+    return RubricReward(params, **kwargs)
