@@ -53,6 +53,8 @@ def run_notebook(
     output_path = resolve_path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(output_path.stem + ".running.ipynb")
+    # Kernels inherit this: widgets-only views fall back to plain output (see live.py).
+    os.environ["RUSCARL_HEADLESS"] = "1"
     # The kernel starts in the project root, where `project_root()` finds pyproject.toml, so
     # relative paths in parameters mean the same thing as on this command line.
     try:
