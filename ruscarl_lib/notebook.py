@@ -14,16 +14,17 @@ from ruscarl_lib.paths import resolve_path
 
 
 def notebook_setup(
-    params_file: str, output_dir: str, overrides: dict[str, Any] | None = None
+    params_file: str, output_dir: str | None, overrides: dict[str, Any] | None = None
 ) -> tuple[Params, Path]:
     """Load `params_file`, apply dotted overrides whose value is set, create `output_dir`.
 
+    `output_dir=None` means the run folder `output.dir / output.run_name` (training notebooks).
     The effective params are written to `<output_dir>/params.yaml` so every executed notebook
     ships with the exact settings that produced it.
     """
     chosen = {k: v for k, v in (overrides or {}).items() if not _is_unset(v)}
     params = load_params(resolve_path(params_file), overrides=chosen)
-    out = resolve_path(output_dir)
+    out = resolve_path(output_dir if output_dir else Path(params.output.dir) / params.output.run_name)
     out.mkdir(parents=True, exist_ok=True)
     save_params(params, out / "params.yaml")
     return params, out
