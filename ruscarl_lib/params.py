@@ -266,8 +266,9 @@ class Params(_Section):
         return self
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid params"]
+def format_validation_error(err: ValidationError, source: str, what: str = "params") -> str:
+    """One line per problem, each naming the dotted key: `scaffold.alfa: unknown key`."""
+    lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
@@ -285,23 +286,29 @@ def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ParamsError(_format_validation_error(err, source)) from None
+        raise ParamsError(format_validation_error(err, source)) from None
 
 
 def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
     """Read a params YAML file, apply dotted-key overrides (`{"scaffold.alpha": 50}`), validate."""
     path = Path(path)
+    raw = read_yaml_mapping(path, "params file")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return params_from_dict(raw, source=str(path))
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, with errors that name the file."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise ParamsError(f"{path}: {what} not found") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
-    return params_from_dict(raw, source=str(path))
+    return raw
 
 
 def set_dotted(raw: dict[str, Any], dotted_key: str, value: Any) -> None:

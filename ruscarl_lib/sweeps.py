@@ -49,7 +49,15 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .params import ParamsError, load_params, params_from_dict, save_params, set_dotted
+from .params import (
+    ParamsError,
+    format_validation_error,
+    load_params,
+    params_from_dict,
+    read_yaml_mapping,
+    save_params,
+    set_dotted,
+)
 from .paths import atomic_write_text, project_root, resolve_path
 
 log = logging.getLogger(__name__)
@@ -123,19 +131,11 @@ class SweepSpec(BaseModel):
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     """The sweep file and the folder it sits in (relative paths may be taken from there)."""
     path = resolve_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml_mapping(path, "sweep file")
     try:
         return SweepSpec.model_validate(raw), path.parent
     except ValidationError as err:
-        lines = [f"{path}: invalid sweep file"]
-        for e in err.errors():
-            lines.append(f"  - {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}")
-        raise ParamsError("\n".join(lines)) from None
+        raise ParamsError(format_validation_error(err, str(path), "sweep file")) from None
 
 
 def _locate(value: str, sweep_dir: Path | None) -> Path:
@@ -234,10 +234,7 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
     """Every run of the sweep, in file order, duplicates removed; each run's params validated now,
     so a typo fails before anything runs."""
     base_path = _locate(spec.base, sweep_dir)
-    try:
-        base_raw = yaml.safe_load(base_path.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{base_path}: base params file of sweep {spec.name!r} not found") from None
+    base_raw = read_yaml_mapping(base_path, f"base params file of sweep {spec.name!r}")
     points = _points(spec)
     varied_keys = list(dict.fromkeys(k for p in points for k in p))
     runs: list[SweepRun] = []
