@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .params import (
