@@ -109,8 +109,7 @@ def main() -> None:
         print(f"  throughput run: {n} criteria, {calls} requests, {wall:.2f}s, peak in flight "
               f"{judge.stats.max_in_flight}, mean request latency "
               f"{judge.stats.call_latency_s / max(1, calls) * 1000:.1f}ms", flush=True)
-        print(f"throughput: mode={args.mode} C={args.concurrency} latency={args.latency * 1000:.0f}ms: "
-              f"{rate:.1f} criteria/s vs ideal {ideal:.1f} ({rate / ideal:.1%})", flush=True)
+        print(f"  throughput: {rate:.1f} criteria/s vs ideal {ideal:.1f} ({rate / ideal:.1%})", flush=True)
 
         items = make_items(64, 8, 12)
         n = sum(len(it.criteria) for it in items)
@@ -120,9 +119,11 @@ def main() -> None:
         ideal_wall = calls / (args.concurrency / args.latency)
         print(f"  healthbench batch: {calls} requests, {judge.stats.prompt_tokens} prompt tokens, "
               f"{judge.stats.retries} retries", flush=True)
-        print(f"healthbench_batch: 64 prompts x 8 responses x 12 criteria = {n} criteria, mode={args.mode} "
-              f"C={args.concurrency} latency={args.latency * 1000:.0f}ms: wall {wall:.2f}s "
-              f"(ideal {ideal_wall:.2f}s, {ideal_wall / wall:.1%}; {n / wall:.0f} criteria/s)", flush=True)
+        # the one summary line
+        print(f"judge_throughput: mode={args.mode} C={args.concurrency} latency={args.latency * 1000:.0f}ms: "
+              f"{rate:.1f} criteria/s vs ideal {ideal:.1f} ({rate / ideal:.1%}); HealthBench-sized batch "
+              f"64x8x12 = {n} criteria in {wall:.2f}s (ideal {ideal_wall:.2f}s, {ideal_wall / wall:.1%})",
+              flush=True)
     finally:
         stop()
 
