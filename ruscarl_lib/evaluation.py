@@ -219,15 +219,17 @@ def load_eval_model(
     else:
         torch_dtype = getattr(torch, dtype)
     source = _local_or_hub(model)
-    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-    tok_source = source
-    if adapter is not None:
+    adapter_dir = resolve_path(adapter) if adapter else None
+    # a fully fine-tuned run (train.finetune: full) saves whole weights where an adapter would be
+    full_weights = adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(str(adapter_dir) if full_weights else source, dtype=torch_dtype)
+    if adapter_dir is not None and not full_weights:
         from peft import PeftModel
 
-        adapter_dir = resolve_path(adapter)
         base = PeftModel.from_pretrained(base, str(adapter_dir))
-        if (adapter_dir / "tokenizer_config.json").exists():
-            tok_source = str(adapter_dir)
+    tok_source = source
+    if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").exists():
+        tok_source = str(adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(tok_source, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -118,6 +118,17 @@ class ScheduleViewParams(_Section):
     total_steps: int = Field(350, ge=1)
 
 
+class SandboxParams(_Section):
+    """The CPU sandbox: knobs of the synthetic world and of the tiny warm-started policy.
+
+    Keys are the fields of `sandbox.WorldConfig` and `sandbox.PolicyConfig`; they are checked
+    when the sandbox is prepared (an unknown key fails there, naming the key).
+    """
+
+    world: dict[str, Any] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
 class OutputParams(_Section):
     dir: str = "outputs"
     run_name: str = "run"
@@ -150,6 +161,9 @@ class TrainParams(_Section):
         0.6, gt=0, le=1, description="Share of GPU memory for vLLM (Unsloth fast_inference/colocate)."
     )
     gradient_checkpointing: bool = True
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="full: train every weight (tiny sandbox policies); lora for real models."
+    )
     # LoRA (same meaning for both backends)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -251,6 +265,7 @@ class Params(_Section):
     schedule_view: ScheduleViewParams = Field(default_factory=ScheduleViewParams)
     judge: JudgeParams = Field(default_factory=JudgeParams)
     output: OutputParams = Field(default_factory=OutputParams)
+    sandbox: SandboxParams = Field(default_factory=SandboxParams)
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalParams = Field(default_factory=EvalParams)
     seed: int = 0

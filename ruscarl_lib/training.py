@@ -136,6 +136,8 @@ def load_policy(tp: TrainParams, *, seed: int, backend: str | None = None) -> Po
 
 
 def _load_unsloth(tp: TrainParams, seed: int) -> Policy:
+    if tp.finetune != "lora":
+        raise BackendUnavailable("train.finetune: full is supported with backend: transformers only")
     try:
         from unsloth import FastLanguageModel
     except ImportError as err:
@@ -187,7 +189,8 @@ def _load_transformers(tp: TrainParams) -> Policy:
             model, use_gradient_checkpointing=tp.gradient_checkpointing
         )
     tokenizer = AutoTokenizer.from_pretrained(tp.model, padding_side="left")
-    return Policy(model=model, tokenizer=tokenizer, peft_config=lora_config(tp), backend="transformers")
+    peft_config = lora_config(tp) if tp.finetune == "lora" else None
+    return Policy(model=model, tokenizer=tokenizer, peft_config=peft_config, backend="transformers")
 
 
 # --------------------------------------------------------------------------------------------
