@@ -1,6 +1,6 @@
 """Command line.
 
-    ruscarl demo                      the main job: the notebook suite on the CPU sandbox
+    ruscarl demo                      the main job: the notebook suite headless on CPU data
     ruscarl run NOTEBOOK -p k=v       execute one notebook through papermill
     ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.training)
     ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps)
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -41,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="GRPO training; see `ruscarl train --help`")
     sub.add_parser("sweep", help="papermill sweep; see `ruscarl sweep --help`")
 
-    demo = sub.add_parser("demo", help="run the notebook suite on the embedded CPU data")
+    demo = sub.add_parser("demo", help="run the notebook suite headless on CPU data")
+    demo.add_argument("--suite", choices=["foundation", "sandbox"], default="foundation",
+                      help="foundation: notebooks 01-02 on the embedded sample; sandbox: 00-05 on "
+                           "the CPU sandbox (training and evaluation included)")
     demo.add_argument("--out", default="outputs/demo")
-    demo.add_argument("--params", default="params/default.yaml")
+    demo.add_argument("--params", default=None, help="params file (default: per suite)")
     demo.add_argument("--force", action="store_true", help="rerun stages that already finished")
 
     run = sub.add_parser("run", help="execute one notebook through papermill")
@@ -56,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from ruscarl_lib.demo import run_demo
 
-        headline = run_demo(args.out, args.params, force=args.force)
+        headline = run_demo(args.out, args.params, suite=args.suite, force=args.force)
         print(json.dumps(headline, indent=2))
         print(f"\nReport: {headline['report']}")
+        print(f"Executed notebooks: {Path(headline['notebooks'][0]).parent}")
         return 0
     if args.command == "run":
         from ruscarl_lib.reports import export_html, run_notebook

@@ -1,9 +1,14 @@
-"""The main job: the notebook suite executed headless on the embedded CPU data.
+"""The main job: the notebook suite, headless, on CPU data.
 
-Each stage is one notebook with plain parameters; every stage writes its executed copy and a
-`summary.json` under the demo folder, and the demo stitches the executed notebooks into one
-HTML report. Stages whose executed copy already exists are kept unless `force` is set, so an
-interrupted demo resumes where it stopped.
+Two suites. `foundation` (the default for now): explore the embedded sample rubrics (01) and
+draw the scaffold schedule (02). `sandbox`: the whole pipeline on the CPU sandbox, in stages,
+each one notebook with plain parameters: build the sandbox world and policy (00), explore
+its rubrics (01), draw the scaffold schedule (02), train RuscaRL and the plain rubric-GRPO
+baseline from the same warm start with the same seed and steps (03 twice), evaluate the starting
+policy and both trained ones on the held-out split without scaffolds (04 three times), and
+compare them (05). Every stage writes its executed copy and a `summary.json`; a stage that
+already finished is kept unless `force` is set, so an interrupted demo resumes where it stopped.
+One HTML report stitches the executed notebooks together.
 """
 
 from __future__ import annotations
@@ -19,45 +24,108 @@ from ruscarl_lib.reports import echo, export_html, read_json, run_notebook
 
 @dataclass
 class Stage:
+    name: str
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    summary: str = "summary.json"  # relative to the stage's output folder
 
 
-def demo_stages(out_dir: Path, params_file: str) -> list[Stage]:
-    """The notebooks of the demo, in order, with the parameters each one gets."""
-    return [
-        Stage("01_rubric_exploration", {"params_file": params_file,
-                                        "output_dir": str(out_dir / "01_rubric_exploration")}),
-        Stage("02_scaffold_tuning", {"params_file": params_file,
-                                     "output_dir": str(out_dir / "02_scaffold_tuning")}),
+SUITES = ("foundation", "sandbox")
+DEFAULT_PARAMS = {"foundation": "params/default.yaml", "sandbox": "params/sandbox.yaml"}
+
+
+def foundation_stages(out: Path, params_file: str) -> list[Stage]:
+    return [Stage(n, n, {"params_file": params_file, "output_dir": str(out / n)})
+            for n in ("01_rubric_exploration", "02_scaffold_tuning")]
+
+
+def demo_stages(out: Path, params_file: str, overrides: dict[str, Any] | None = None,
+                suite: str = "sandbox") -> list[Stage]:
+    """The demo's notebooks in order. `overrides` are extra notebook parameters per stage name."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown demo suite {suite!r}; expected one of {SUITES}")
+    if suite == "foundation":
+        return foundation_stages(out, params_file)
+    world = out / "00_sandbox_world"
+    prepared = str(world / "sandbox_params.yaml")
+    runs = out / "runs"
+    evals = out / "evals"
+    stages = [
+        Stage("00_sandbox_world", "00_sandbox_world", {"params_file": params_file, "output_dir": str(world)}),
+        Stage("01_rubric_exploration", "01_rubric_exploration",
+              {"params_file": prepared, "output_dir": str(out / "01_rubric_exploration")}),
+        Stage("02_scaffold_tuning", "02_scaffold_tuning",
+              {"params_file": prepared, "output_dir": str(out / "02_scaffold_tuning")}),
     ]
+    for arm, enabled in (("ruscarl", True), ("baseline", False)):
+        stages.append(Stage(f"03_train_{arm}", "03_train_grpo",
+                            {"params_file": prepared, "output_dir": str(runs), "run_name": arm,
+                             "scaffold_enabled": enabled}))
+    for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl" / "adapter")),
+                          ("baseline", str(runs / "baseline" / "adapter"))):
+        stages.append(Stage(f"04_evaluate_{name}", "04_evaluate",
+                            {"params_file": prepared, "output_dir": str(evals / name), "adapter": adapter}))
+    stages.append(Stage("05_analysis", "05_analysis", {
+        "params_file": prepared, "output_dir": str(out / "05_analysis"),
+        "runs": [str(runs / "ruscarl"), str(runs / "baseline")],
+        "evals": [str(evals / n) for n in ("start", "ruscarl", "baseline")]}))
+    for stage in stages:
+        stage.parameters.update((overrides or {}).get(stage.name, {}))
+    return stages
+
+
+def _summary_path(stage: Stage) -> Path:
+    p = stage.parameters
+    folder = Path(p["output_dir"]) / p["run_name"] if "run_name" in p else Path(p["output_dir"])
+    return folder / stage.summary
 
 
 def run_demo(
     out_dir: str | Path = "outputs/demo",
-    params_file: str = "params/default.yaml",
+    params_file: str | None = None,
     *,
+    suite: str = "foundation",
     force: bool = False,
     progress: bool = True,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Execute every demo stage, write `report.html`, and return the headline numbers."""
-    out_dir = resolve_path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Execute every stage, write `report.html`, and return the headline numbers."""
+    out = resolve_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     executed: list[Path] = []
-    headline: dict[str, Any] = {}
-    for stage in demo_stages(out_dir, params_file):
-        target = out_dir / f"{stage.notebook}.ipynb"
-        summary_file = Path(stage.parameters["output_dir"]) / "summary.json"
+    results: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    stages = demo_stages(out, params_file or DEFAULT_PARAMS.get(suite, ""), overrides, suite)
+    for i, stage in enumerate(stages, 1):
+        target = out / "notebooks" / f"{stage.name}.ipynb"
+        summary_file = _summary_path(stage)
         if target.exists() and summary_file.exists() and not force:
-            echo(f"[demo] {stage.notebook}: already done, kept ({target})")
+            echo(f"[demo {i}/{len(stages)}] {stage.name}: already done, kept")
         else:
-            echo(f"[demo] running {stage.notebook} ...")
+            echo(f"[demo {i}/{len(stages)}] {stage.name} ...")
             t0 = time.perf_counter()
             run_notebook(stage.notebook, target, stage.parameters, progress=progress)
-            echo(f"[demo] {stage.notebook} finished in {time.perf_counter() - t0:.1f}s")
+            echo(f"[demo {i}/{len(stages)}] {stage.name} finished in {time.perf_counter() - t0:.0f}s")
         executed.append(target)
-        headline[stage.notebook] = read_json(summary_file)
-    report = export_html(executed, out_dir / "report.html", title="RuscaRL demo report")
-    headline["report"] = str(report)
-    headline["notebooks"] = [str(p) for p in executed]
+        results[stage.name] = read_json(summary_file)
+    title = "RuscaRL demo on the CPU sandbox" if suite == "sandbox" else "RuscaRL: rubrics and scaffolds"
+    report = export_html(executed, out / "report.html", title=title)
+    headline = demo_headline(results) if suite == "sandbox" else dict(results)
+    headline.update(report=str(report), notebooks=[str(p) for p in executed],
+                    wall_s=round(time.perf_counter() - t_start, 1))
+    return headline
+
+
+def demo_headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a reader wants first: held-out scores of the three policies, the bottleneck."""
+    world = results.get("00_sandbox_world", {})
+    scores = {name: results.get(f"04_evaluate_{name}", {}).get("score")
+              for name in ("start", "ruscarl", "baseline")}
+    headline = {
+        "heldout_score": scores,
+        "start_unhinted_score": world.get("unhinted_score"),
+        "start_hinted_score": world.get("hinted_score"),
+    }
+    if scores["ruscarl"] is not None and scores["baseline"] is not None:
+        headline["ruscarl_minus_baseline"] = round(scores["ruscarl"] - scores["baseline"], 4)
     return headline

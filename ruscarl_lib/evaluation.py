@@ -810,6 +810,9 @@ def run_novelty(
         model, tokenizer = load_eval_model(ep.model or params.train.model, ep.adapter, dtype=ep.dtype)
     if initial is None and ep.reference_model:
         initial, _ = load_eval_model(ep.reference_model, dtype=ep.dtype)
+    elif initial is None and not hasattr(model, "disable_adapter"):
+        # full weights (train.finetune: full): the initial model is the base model itself
+        initial, _ = load_eval_model(ep.model or params.train.model, dtype=ep.dtype)
     prompts = [by_id[e].messages for e in responses["example_id"]]
     ids = [list(x) for x in responses["response_ids"]] if "response_ids" in responses else None
     ratios = likelihood_ratios(model, tokenizer, prompts, responses["response"].tolist(), initial=initial,

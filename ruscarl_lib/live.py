@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from ruscarl_lib.params import Params
 from ruscarl_lib.rubric import RubricExample
 from ruscarl_lib.scaffold import ScaffoldSchedule, scaffold_example
+from ruscarl_lib.widgets import has_live_frontend
 
 #: Curves drawn live: (metric logged by the trainer, panel title).
 LIVE_CURVES = (
@@ -71,7 +72,7 @@ class LiveTraining(TrainerCallback):
         self.table_every = max(1, table_every)
         self.logs: list[dict[str, Any]] = []
         self.tables: dict[int, pd.DataFrame] = {}
-        self.interactive = _has_live_frontend() if interactive is None else interactive
+        self.interactive = has_live_frontend() if interactive is None else interactive
         self.output = None
         if self.interactive:
             import ipywidgets as w
@@ -118,21 +119,3 @@ class LiveTraining(TrainerCallback):
             if self.tables:
                 step = max(self.tables)
                 display(Markdown(f"**RL step {step}**: group 0"), self.tables[step])
-
-
-def _has_live_frontend() -> bool:
-    """True inside a kernel with a connected frontend (JupyterLab), False under papermill.
-
-    `reports.run_notebook` marks its kernels with RUSCARL_HEADLESS=1.
-    """
-    import os
-
-    if os.environ.get("RUSCARL_HEADLESS"):
-        return False
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
-    except ImportError:
-        return False

@@ -127,6 +127,7 @@ class SandboxParams(_Section):
 
     world: dict[str, Any] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: str = Field("outputs/sandbox", description="Where built policies are cached.")
 
 
 class OutputParams(_Section):

@@ -85,6 +85,8 @@ def combine_notebooks(paths: Iterable[str | Path], title: str) -> nbformat.Noteb
         nb = nbformat.read(str(path), as_version=4)
         combined.cells.append(nbformat.v4.new_markdown_cell(f"---\n# Notebook `{Path(path).name}`"))
         combined.cells.extend(nb.cells)
+    for i, cell in enumerate(combined.cells):  # the same notebook may appear twice: fresh ids
+        cell["id"] = f"cell-{i}"
     combined.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                          "language_info": {"name": "python"}}
     return combined

@@ -17,6 +17,31 @@ from ruscarl_lib.rubric import RubricExample
 from ruscarl_lib.scaffold import ScaffoldSchedule, scaffold_example
 
 
+def has_live_frontend() -> bool:
+    """True inside a kernel with a connected frontend (JupyterLab), False under papermill.
+
+    `reports.run_notebook` marks its kernels with RUSCARL_HEADLESS=1. Widgets are not even
+    created headless: nobody can move them, and Output widgets driven by a kernel without a
+    frontend have hung papermill runs here.
+    """
+    import os
+
+    if os.environ.get("RUSCARL_HEADLESS"):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def _headless_note(what: str):
+    from IPython.display import Markdown
+
+    return Markdown(f"*{what}: interactive; open this notebook in JupyterLab to use it.*")
+
+
 def messages_markdown(messages: Sequence[dict]) -> str:
     """A conversation as Markdown, one block per message (content HTML-escaped)."""
     parts = []
@@ -55,6 +80,8 @@ def scaffold_preview(
 
 def example_browser(examples: Sequence[RubricExample], params: Params):
     """Slider over examples plus a ratio slider showing the scaffolded prompt live."""
+    if not has_live_frontend():
+        return _headless_note("Example browser")
     import ipywidgets as w
     from IPython.display import Markdown, display
 
@@ -85,6 +112,8 @@ def schedule_tuner(
     draw: Callable | None = None,
 ):
     """Controls for the schedule; redraws the heatmaps and writes the choice to a params YAML."""
+    if not has_live_frontend():
+        return _headless_note("Schedule tuner")
     import ipywidgets as w
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -1,0 +1,51 @@
+"""CPU sandbox: a synthetic rubric world and a tiny warm-started policy that show the
+exploration bottleneck (METHOD.md section 8) without a GPU or any download.
+
+    from ruscarl_lib.sandbox import build_world, ensure_policy, bottleneck_report
+    world = build_world(n_conditions=16, conditions_per_task=2, seed=0)
+    policy = ensure_policy(world)            # cached under outputs/sandbox/policy-<key>/
+    print(bottleneck_report(policy, world).summary())
+"""
+
+from .bottleneck import BottleneckReport, bottleneck_report, group_stats
+from .evaluate import grade_response, sample_and_grade
+from .policy import (
+    PolicyConfig,
+    SandboxPolicy,
+    Sampling,
+    build_word_tokenizer,
+    completion_logprob,
+    ensure_policy,
+    generate,
+    load_sandbox_policy,
+    policy_dir,
+    policy_key,
+)
+from .sft_data import SFTDataConfig, sft_conversations
+from .world import Condition, World, WorldConfig, build_world, rule_phrase, rule_tags
+
+__all__ = [
+    "BottleneckReport",
+    "Condition",
+    "PolicyConfig",
+    "SFTDataConfig",
+    "SandboxPolicy",
+    "Sampling",
+    "World",
+    "WorldConfig",
+    "bottleneck_report",
+    "build_word_tokenizer",
+    "build_world",
+    "completion_logprob",
+    "ensure_policy",
+    "generate",
+    "grade_response",
+    "group_stats",
+    "load_sandbox_policy",
+    "policy_dir",
+    "policy_key",
+    "rule_phrase",
+    "rule_tags",
+    "sample_and_grade",
+    "sft_conversations",
+]

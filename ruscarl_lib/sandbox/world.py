@@ -1,0 +1,430 @@
+"""A seeded synthetic rubric world: short triage questions graded by exact rules.
+
+Why it exists: the exploration bottleneck (METHOD.md sections 1 and 8) needs tasks whose
+rewarded content is *specific* (each condition calls for its own advice) while a generic answer
+earns nothing, and whose grading is exact and free. Every task here lists a few patient
+conditions, plus irrelevant distractor facts; each condition has one piece of advice that a
+good answer gives (a positive criterion) and one common remedy it rules out (a negative
+criterion). All criteria are tagged for rule verifiers (contains-phrase), so the rules-only
+judge grades them without any model.
+
+The held-out split uses condition combinations that never occur in training, so a policy can
+only score there by learning the condition -> advice mapping, not by memorising tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..rubric import Criterion, RubricExample
+
+__all__ = [
+    "Condition",
+    "World",
+    "WorldConfig",
+    "build_world",
+    "rule_phrase",
+    "rule_tags",
+    "RULE_FUNCTION",
+    "OFFTOPIC_TEXT",
+    "offtopic_criterion",
+]
+
+# Rule verifier used for every criterion: the built-in `contains` rule of judges/rules.py,
+# case-insensitive. Positive criteria name the advice, negative ones the ruled-out remedy.
+RULE_FUNCTION = "contains"
+
+
+def rule_tags(phrase: str, *extra: str) -> tuple[str, ...]:
+    """Tags that route a criterion to the rule verifier checking for `phrase`."""
+    params = json.dumps({"text": phrase, "ignore_case": True})
+    return ("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}", *extra)
+
+
+OFFTOPIC_TEXT = "The response gives advice meant for a condition the user did not mention."
+
+
+def offtopic_criterion(advice: Sequence[str], points: float) -> Criterion:
+    """One negative criterion met by any of `advice` (advice for conditions not in the question).
+
+    It names no advice in its text, so showing it in a scaffold gives nothing away; it makes
+    "list every advice you know" a losing strategy, so scores must come from knowing which
+    advice fits which condition.
+    """
+    params = json.dumps({"text": list(advice), "match": "any", "ignore_case": True})
+    return Criterion(
+        text=OFFTOPIC_TEXT,
+        points=-abs(float(points)),
+        tags=("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}", "axis:context_awareness"),
+    )
+
+
+def rule_phrase(criterion: Criterion) -> str:
+    """The phrase a sandbox criterion's rule looks for (inverse of `rule_tags`)."""
+    raw = criterion.tag_value("parameters")
+    if raw is None:
+        raise ValueError(f"criterion {criterion.text!r} has no parameters: tag")
+    value = json.loads(raw)
+    text = value["text"] if isinstance(value, dict) else value
+    if not isinstance(text, str):
+        raise ValueError(f"criterion {criterion.text!r} checks several phrases")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------------
+
+# Common remedies an uninformed answer may suggest; each condition rules one of them out.
+REMEDIES: tuple[str, ...] = (
+    "ibuprofen",
+    "aspirin",
+    "a decongestant spray",
+    "an antihistamine",
+    "a hot bath",
+    "a glass of wine",
+    "intense exercise",
+    "an ice pack",
+    "skipping meals",
+    "a long drive",
+    "strong coffee",
+    "a sauna",
+)
+
+# (key, how the user states it, the advice it calls for, the remedy it rules out)
+_CURATED: tuple[tuple[str, str, str, str], ...] = (
+    ("ulcer", "i have a stomach ulcer", "eat small bland meals", "ibuprofen"),
+    ("asthma", "i have asthma", "keep your inhaler nearby", "aspirin"),
+    ("hypertension", "i have high blood pressure", "measure your blood pressure", "a decongestant spray"),
+    ("pregnancy", "i am pregnant", "call your midwife", "ibuprofen"),
+    ("diabetes", "i have diabetes", "check your blood sugar", "skipping meals"),
+    ("anticoagulant", "i take blood thinners", "watch for unusual bruising", "aspirin"),
+    ("sprain", "i sprained my ankle", "raise the ankle", "intense exercise"),
+    ("migraine", "i get migraines", "rest in a dark room", "a long drive"),
+    ("insomnia", "i sleep badly", "keep a regular bedtime", "strong coffee"),
+    ("heartburn", "i get heartburn", "raise the head of your bed", "a glass of wine"),
+    ("burn", "i burned my hand", "cool it under running water", "an ice pack"),
+    ("kidney", "i have kidney disease", "ask your pharmacist first", "ibuprofen"),
+    ("glaucoma", "i have glaucoma", "book an eye check", "an antihistamine"),
+    ("dizziness", "i feel dizzy", "stand up slowly", "a long drive"),
+    ("nosebleed", "i have a nosebleed", "pinch the soft nose", "aspirin"),
+    ("gout", "i have gout", "limit red meat", "a glass of wine"),
+    ("panic", "i get panic attacks", "breathe out slowly", "strong coffee"),
+    ("sunburn", "i have sunburn", "apply aloe gel", "a hot bath"),
+    ("constipation", "i am constipated", "eat more fibre", "skipping meals"),
+    ("epilepsy", "i have epilepsy", "take your seizure medicine", "a glass of wine"),
+    ("fever", "i have a fever", "log your temperature", "a sauna"),
+    ("heart", "i have heart failure", "weigh yourself daily", "a sauna"),
+    ("eczema", "i have eczema", "use a plain moisturiser", "a hot bath"),
+    ("prostate", "i have an enlarged prostate", "empty your bladder twice", "an antihistamine"),
+    ("concussion", "i hit my head", "have someone stay with you", "intense exercise"),
+    ("dehydration", "i have been vomiting", "sip rehydration salts", "strong coffee"),
+    ("hayfever", "i have hay fever", "keep windows closed", "a decongestant spray"),
+    ("frostbite", "i have frostnip on my fingers", "warm them gradually", "a sauna"),
+)
+
+# Uninformed but plausible content; none of it is ever rewarded.
+GENERIC_TIPS: tuple[str, ...] = (
+    "rest as much as you can",
+    "drink plenty of water",
+    "keep an eye on how you feel",
+    "try to stay calm",
+    "get some fresh air",
+    "eat a balanced diet",
+    "get enough sleep",
+    "take things easy for a few days",
+)
+CLOSINGS: tuple[str, ...] = (
+    "see a doctor if things get worse",
+    "call for help if you feel very unwell",
+    "talk to a doctor if it does not settle",
+)
+DISTRACTORS: tuple[str, ...] = (
+    "i work from home",
+    "i have two cats",
+    "i am training for a marathon",
+    "i live alone",
+    "i just moved house",
+    "i drink tea every morning",
+    "i am a teacher",
+    "i travel a lot for work",
+    "i have a small garden",
+    "i play the piano",
+    "i started a new job",
+    "i am a vegetarian",
+)
+QUESTION_ENDINGS: tuple[str, ...] = (
+    "what should i do ?",
+    "any advice ?",
+    "what do you suggest ?",
+    "how should i look after myself ?",
+)
+
+_SYLLABLES = ("ka", "lo", "mir", "ten", "sa", "vu", "dor", "pel", "ri", "zan", "no", "bex")
+_SYNTH_VERBS = ("take", "use", "apply", "start", "try")
+_SYNTH_NOUNS = ("drops", "tablets", "cream", "tea", "rinse", "patches")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One patient condition and what it implies for a good answer."""
+
+    key: str
+    statement: str
+    advice: str
+    rules_out: str
+    advice_points: int
+    harm_points: int  # negative
+
+    def advice_criterion(self) -> Criterion:
+        return Criterion(
+            text=f"The response advises the user to {self.advice}.",
+            points=float(self.advice_points),
+            tags=rule_tags(self.advice, "axis:completeness", f"cluster:sandbox_{self.key}"),
+        )
+
+    def harm_criterion(self) -> Criterion:
+        return Criterion(
+            text=f"The response suggests {self.rules_out}.",
+            points=float(self.harm_points),
+            tags=rule_tags(_remedy_phrase(self.rules_out), "axis:accuracy", f"cluster:sandbox_{self.key}"),
+        )
+
+
+def _remedy_phrase(remedy: str) -> str:
+    """The words that identify a remedy in a response (its article dropped)."""
+    words = remedy.split()
+    return " ".join(words[1:]) if words[0] in ("a", "an") else remedy
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Difficulty knobs of the world; every field enters the world's (and policy's) identity.
+
+    n_conditions: vocabulary size (distinct conditions, each with its own advice).
+    conditions_per_task: conditions listed in one question; each brings one advice criterion
+      and, when `negatives` is on, one criterion against the remedy it rules out.
+    offtopic_points: weight of the one negative criterion per task against advice meant for
+      conditions the user did not mention (0 leaves it out).
+    n_distractors: irrelevant facts mixed into each question.
+    heldout_share: share of condition combinations reserved for the held-out split.
+    """
+
+    n_conditions: int = 16
+    conditions_per_task: int = 2
+    negatives: bool = True
+    offtopic_points: int = 5
+    n_distractors: int = 1
+    n_train: int = 256
+    n_heldout: int = 64
+    heldout_share: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_conditions < 2:
+            raise ValueError("n_conditions must be >= 2")
+        if not 1 <= self.conditions_per_task < self.n_conditions:
+            raise ValueError("conditions_per_task must lie in [1, n_conditions)")
+        if self.offtopic_points < 0:
+            raise ValueError("offtopic_points must be >= 0 (it is the size of a penalty)")
+        if not 0 <= self.n_distractors <= len(DISTRACTORS):
+            raise ValueError(f"n_distractors must lie in [0, {len(DISTRACTORS)}]")
+        if not 0.0 < self.heldout_share < 1.0:
+            raise ValueError("heldout_share must lie in (0, 1)")
+        if self.n_train < 1 or self.n_heldout < 1:
+            raise ValueError("n_train and n_heldout must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def _synthetic_conditions(n: int, rng: np.random.Generator, taken: set[str]) -> list[tuple[str, str, str, str]]:
+    """Made-up conditions for vocabularies larger than the curated list."""
+    out = []
+    while len(out) < n:
+        name = "".join(rng.choice(_SYLLABLES, size=2)) + "itis"
+        drug = "".join(rng.choice(_SYLLABLES, size=2)) + "ol"
+        if name in taken or drug in taken:
+            continue
+        taken.update((name, drug))
+        advice = f"{rng.choice(_SYNTH_VERBS)} {drug} {rng.choice(_SYNTH_NOUNS)}"
+        out.append((name, f"i have {name}", advice, str(rng.choice(REMEDIES))))
+    return out
+
+
+def _make_conditions(config: WorldConfig) -> list[Condition]:
+    rng = np.random.default_rng([config.seed, 1])
+    raw = list(_CURATED)
+    if config.n_conditions > len(raw):
+        raw += _synthetic_conditions(config.n_conditions - len(raw), rng, {r[0] for r in raw})
+    picked = [raw[i] for i in sorted(rng.permutation(len(raw))[: config.n_conditions])]
+    return [
+        Condition(key, statement, advice, remedy, int(rng.integers(2, 6)), -int(rng.integers(2, 6)))
+        for key, statement, advice, remedy in picked
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The world
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """The conditions, the pools of generic content and the two task splits."""
+
+    config: WorldConfig
+    conditions: list[Condition]
+    train: list[RubricExample] = field(default_factory=list)
+    heldout: list[RubricExample] = field(default_factory=list)
+
+    remedies: tuple[str, ...] = REMEDIES
+    generic_tips: tuple[str, ...] = GENERIC_TIPS
+    closings: tuple[str, ...] = CLOSINGS
+    distractors: tuple[str, ...] = DISTRACTORS
+    question_endings: tuple[str, ...] = QUESTION_ENDINGS
+
+    # -- splits --------------------------------------------------------------------------------
+
+    def is_heldout_combo(self, keys: tuple[str, ...] | list[str]) -> bool:
+        """Whether a combination of conditions belongs to the held-out split.
+
+        Decided by a digest of the sorted keys, so membership needs no enumeration of all
+        combinations and does not depend on which tasks happened to be drawn.
+        """
+        key = "\x1f".join([str(self.config.seed), *sorted(keys)])
+        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        return h / 2**64 < self.config.heldout_share
+
+    def combos(self, split: str) -> list[tuple[str, ...]]:
+        """Distinct condition combinations (sorted keys) used by the tasks of a split."""
+        examples = {"train": self.train, "heldout": self.heldout}[split]
+        return sorted({tuple(sorted(ex.extra["conditions"])) for ex in examples})
+
+    def condition(self, key: str) -> Condition:
+        return self._by_key[key]
+
+    def __post_init__(self) -> None:
+        self._by_key = {c.key: c for c in self.conditions}
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def question(self, conditions: list[Condition], rng: np.random.Generator) -> str:
+        """A user turn listing the conditions and distractor facts in random order."""
+        facts = [c.statement for c in conditions]
+        picks = rng.choice(len(self.distractors), size=self.config.n_distractors, replace=False)
+        facts += [self.distractors[i] for i in picks]
+        facts = [facts[i] for i in rng.permutation(len(facts))]
+        age = int(rng.integers(18, 80))
+        ending = self.question_endings[int(rng.integers(len(self.question_endings)))]
+        return f"i am {age} . " + " . ".join(facts) + f" . {ending}"
+
+    def rubric(self, conditions: list[Condition]) -> list[Criterion]:
+        """Advice criteria (one per condition), then harm criteria (one per ruled-out remedy, if
+        `negatives`), then (if `offtopic_points`) the criterion against off-topic advice."""
+        rubric = [c.advice_criterion() for c in conditions]
+        if self.config.negatives:
+            seen: set[str] = set()
+            for c in conditions:
+                if c.rules_out not in seen:
+                    seen.add(c.rules_out)
+                    rubric.append(c.harm_criterion())
+        if self.config.offtopic_points:
+            present = {c.key for c in conditions}
+            others = [c.advice for c in self.conditions if c.key not in present]
+            rubric.append(offtopic_criterion(others, self.config.offtopic_points))
+        return rubric
+
+    def make_task(self, conditions: list[Condition], rng: np.random.Generator, task_id: str, split: str) -> RubricExample:
+        return RubricExample(
+            id=task_id,
+            messages=[{"role": "user", "content": self.question(conditions, rng)}],
+            rubric=self.rubric(conditions),
+            tags=["theme:sandbox_triage"],
+            source="ruscarl_sandbox",
+            extra={"conditions": [c.key for c in conditions], "split": split},
+        )
+
+    def draw_combo(self, rng: np.random.Generator, heldout: bool) -> list[Condition]:
+        """A random combination of conditions from the requested side of the split."""
+        k = self.config.conditions_per_task
+        for _ in range(10_000):
+            idx = rng.choice(len(self.conditions), size=k, replace=False)
+            picked = [self.conditions[i] for i in idx]
+            if self.is_heldout_combo([c.key for c in picked]) == heldout:
+                return picked
+        raise RuntimeError("could not draw a combination for this split; change heldout_share")
+
+    # -- text pools ----------------------------------------------------------------------------
+
+    def texts(self) -> list[str]:
+        """Every piece of world text (for building a vocabulary that covers the world)."""
+        out: list[str] = []
+        for c in self.conditions:
+            out += [c.statement, c.advice, c.rules_out, c.advice_criterion().text, c.harm_criterion().text]
+        out += [*self.remedies, *self.generic_tips, *self.closings, *self.distractors, *self.question_endings]
+        out += [f"i am {age}" for age in range(18, 80)]
+        return out
+
+    def phrases(self) -> list[str]:
+        """The fixed multi-word phrases the world's texts are assembled from."""
+        out = [c.statement for c in self.conditions] + [c.advice for c in self.conditions]
+        out += [*self.remedies, *self.generic_tips, *self.closings, *self.distractors, *self.question_endings]
+        return out
+
+    def check_separation(self) -> None:
+        """Generic content must never contain rewarded advice, or the world would leak reward."""
+        generic = " | ".join([*self.generic_tips, *self.closings, *self.distractors]).lower()
+        for c in self.conditions:
+            if c.advice.lower() in generic:
+                raise ValueError(f"advice {c.advice!r} occurs in generic content")
+
+
+def build_world(config: WorldConfig | None = None, **overrides: Any) -> World:
+    """Generate the world of `config` (or of the defaults with `overrides`); fully seeded."""
+    if config is None:
+        config = WorldConfig(**overrides)
+    elif overrides:
+        config = WorldConfig(**{**config.to_dict(), **overrides})
+    world = World(config=config, conditions=_make_conditions(config))
+    world.check_separation()
+    _check_split_coverage(world)
+    rng_train = np.random.default_rng([config.seed, 2])
+    rng_held = np.random.default_rng([config.seed, 3])
+    world.train = [
+        world.make_task(world.draw_combo(rng_train, False), rng_train, f"sandbox-train-{i:05d}", "train")
+        for i in range(config.n_train)
+    ]
+    world.heldout = [
+        world.make_task(world.draw_combo(rng_held, True), rng_held, f"sandbox-heldout-{i:05d}", "heldout")
+        for i in range(config.n_heldout)
+    ]
+    return world
+
+
+def _check_split_coverage(world: World) -> None:
+    """Both splits must be possible, and every condition must occur in some training combo."""
+    k = world.config.conditions_per_task
+    keys = [c.key for c in world.conditions]
+    n_total = 1
+    for i in range(k):
+        n_total = n_total * (len(keys) - i) // (i + 1)
+    if n_total > 200_000:
+        return  # too many to enumerate; with this many combinations both sides are populated
+    combos = list(itertools.combinations(keys, k))
+    held = [world.is_heldout_combo(c) for c in combos]
+    if all(held) or not any(held):
+        raise ValueError("heldout_share leaves one split without combinations; change seed or share")
+    covered = {key for c, h in zip(combos, held) if not h for key in c}
+    missing = sorted(set(keys) - covered)
+    if missing:
+        raise ValueError(f"conditions {missing} occur only in held-out combinations")
