@@ -3,6 +3,9 @@
 # CPU machines get the CPU build of torch (no multi-GB CUDA wheels); machines with an NVIDIA
 # driver get the `gpu` extra (torch 2.14.0 + Unsloth + vLLM). Override with RUSCARL_EXTRA=cpu|gpu.
 # Re-running is cheap: the install is skipped while pyproject.toml is unchanged.
+# PyPI's Linux torch wheels are CUDA builds (GBs); the CPU build lives on PyTorch's own wheel
+# index. Where pip cannot already find it (a local wheel folder, a mirror), set
+# RUSCARL_TORCH_INDEX to that index's URL and the CPU install will use it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +34,10 @@ fi
 
 echo "[setup] installing ruscarl-lib[$RUSCARL_EXTRA,dev] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[$RUSCARL_EXTRA,dev]"
+extra_index=()
+if [ "$RUSCARL_EXTRA" = cpu ] && [ -n "${RUSCARL_TORCH_INDEX:-}" ]; then
+  extra_index=(--extra-index-url "$RUSCARL_TORCH_INDEX")
+fi
+"$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" -e ".[$RUSCARL_EXTRA,dev]"
 echo "$want" > "$stamp"
 echo "[setup] done"
