@@ -210,7 +210,9 @@ def load_eval_model(
     else from the model. Left padding, as batched generation needs.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tiny_model import load_tokenizer
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -230,7 +232,7 @@ def load_eval_model(
     tok_source = source
     if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").exists():
         tok_source = str(adapter_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tok_source, padding_side="left")
+    tokenizer = load_tokenizer(tok_source, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.to(device)

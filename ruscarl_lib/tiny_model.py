@@ -113,3 +113,26 @@ def save_tiny_model(out_dir: str | Path, *, seed: int = 0, **model_kwargs) -> Pa
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(source: str | Path, **kwargs):
+    """`AutoTokenizer.from_pretrained`, except for tokenizers saved as a generic fast tokenizer.
+
+    Why: transformers 5's AutoTokenizer picks the tokenizer class of the *model type* (a
+    Qwen2-shaped tiny model gets Qwen2Tokenizer), which swaps in Qwen's pre-tokenizer and so
+    misreads a locally built word-level vocabulary. A folder whose `tokenizer_config.json`
+    names a generic class is loaded as exactly that; hub models are unaffected.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(source) / "tokenizer_config.json"
+    if config.is_file():
+        saved = json.loads(config.read_text()).get("tokenizer_class")
+        if saved in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(str(source), **kwargs)
+    return AutoTokenizer.from_pretrained(str(source), **kwargs)

@@ -166,7 +166,9 @@ def _load_unsloth(tp: TrainParams, seed: int) -> Policy:
 
 
 def _load_transformers(tp: TrainParams) -> Policy:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tiny_model import load_tokenizer
 
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(tp)}
     if tp.load_in_4bit:
@@ -188,7 +190,7 @@ def _load_transformers(tp: TrainParams) -> Policy:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=tp.gradient_checkpointing
         )
-    tokenizer = AutoTokenizer.from_pretrained(tp.model, padding_side="left")
+    tokenizer = load_tokenizer(tp.model, padding_side="left")
     peft_config = lora_config(tp) if tp.finetune == "lora" else None
     return Policy(model=model, tokenizer=tokenizer, peft_config=peft_config, backend="transformers")
 
