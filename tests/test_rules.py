@@ -140,3 +140,14 @@ def test_composite_sends_only_non_rule_criteria_to_the_llm():
         assert [v.source for v in verdicts] == ["rule", "judge", "rule", "judge"]
         assert srv.requests == 2
         assert all("water and rest" in b["messages"][-1]["content"] for b in srv.bodies)
+
+
+def test_contains_at_least_counts_distinct_texts():
+    from ruscarl_lib.judges.rules import RuleParamsError, rule_contains
+
+    params = {"text": ["red", "green", "blue"], "at_least": 2, "ignore_case": True}
+    assert rule_contains("RED and green", params)[0] is True
+    assert rule_contains("red, red and red", params)[0] is False  # one text, however often
+    assert rule_contains("nothing", {**params, "at_least": 1})[0] is False
+    with pytest.raises(RuleParamsError):
+        rule_contains("red", {**params, "at_least": 0})

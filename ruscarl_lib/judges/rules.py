@@ -138,9 +138,15 @@ def _found(response: str, texts: list[str], ignore_case: bool) -> list[bool]:
 @register_rule("contains")
 def rule_contains(response: str, params: Any) -> RuleResult:
     """Met when the response contains the text(s). Parameters: `"aspirin"`, `["a", "b"]`
-    (all must occur), or `{"text": [...], "match": "any", "ignore_case": true}`."""
+    (all must occur), `{"text": [...], "match": "any", "ignore_case": true}`, or
+    `{"text": [...], "at_least": 2}` (met when at least that many of the texts occur)."""
     texts, match, ignore_case = _texts_spec(params)
     hits = _found(response, texts, ignore_case)
+    at_least = params.get("at_least") if isinstance(params, dict) else None
+    if at_least is not None:
+        if not isinstance(at_least, int) or isinstance(at_least, bool) or at_least < 1:
+            raise RuleParamsError('"at_least" must be a positive integer')
+        return sum(hits) >= at_least, f"found {sum(hits)} of {len(texts)} texts (at least {at_least} needed)"
     met = all(hits) if match == "all" else any(hits)
     return met, f"found {sum(hits)}/{len(texts)} of the required texts"
 
