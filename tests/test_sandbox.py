@@ -22,11 +22,11 @@ from ruscarl_lib.sandbox import (
 )
 from ruscarl_lib.sandbox.policy import POLICY_FORMAT
 from ruscarl_lib.sandbox.sft_data import answer_text
-from ruscarl_lib.sandbox.world import OFFTOPIC_TEXT
+from ruscarl_lib.sandbox.world import OFFTOPIC_TIERS, is_offtopic
 from ruscarl_lib.scaffold import render_scaffold
 
 # A world and model small enough to warm-start in a few seconds on one core.
-TINY_WORLD = WorldConfig(n_conditions=6, conditions_per_task=1, n_distractors=0, n_train=24, n_heldout=8, heldout_share=0.3, seed=3)
+TINY_WORLD = WorldConfig(n_conditions=6, conditions_per_task=2, n_distractors=0, n_train=24, n_heldout=8, heldout_share=0.3, seed=3)
 TINY_POLICY = PolicyConfig(
     hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, epochs=3, batch_size=16, learning_rate=5e-3,
     sft=SFTDataConfig(n_examples=240, unhinted_share=0.5),
@@ -61,8 +61,8 @@ def test_knobs_shape_the_tasks():
     for ex in w.train + w.heldout:
         assert len(ex.extra["conditions"]) == 3
         assert sum(c.points > 0 for c in ex.rubric) == 3
-        assert all(c.points < 0 for c in ex.rubric[3:]) and len(ex.rubric) >= 5
-        assert ex.rubric[-1].text == OFFTOPIC_TEXT
+        assert all(c.points < 0 for c in ex.rubric[3:]) and len(ex.rubric) >= 3 + 1 + len(OFFTOPIC_TIERS)
+        assert all(is_offtopic(c) for c in ex.rubric[-len(OFFTOPIC_TIERS):])
         assert ex.messages[-1]["content"].count(" . ") == 1 + 3 + 2  # age, conditions, distractors
         for c in ex.rubric:
             assert c.tag_value("verifier") == "rule" and c.tag_value("function") == "contains"
@@ -96,9 +96,9 @@ def test_sft_hints_carry_no_world_answers():
         user = row["prompt"][-1]["content"]
         system = row["prompt"][0]["content"] if row["prompt"][0]["role"] == "system" else ""
         for c in w.conditions:
-            if f". {c.statement} ." in f". {user}" and f"to {c.advice}." in system:
+            if f". {c.statement} ." in f". {user}" and f"for {c.name}: {c.advice}." in system:
                 true_pairs += 1
-        hits += system.count("advises the user to")
+        hits += system.count("gives this advice for")
     assert hits > 300
     assert true_pairs / hits < 0.25  # chance level is 2/16; the real mapping would give 1.0
 
@@ -121,11 +121,16 @@ def test_rule_criteria_grade_known_answers_exactly():
     g = grade_response(ex, one_bad)
     assert g["score"] == pytest.approx(expected)
     assert (g["n_positive_met"], g["n_negative_met"]) == (1, 1)
-    # advice for a condition the user did not mention costs the off-topic penalty, once
+    # advice for conditions the user did not mention costs more the more of it there is
     present = set(ex.extra["conditions"])
-    strangers = [c.advice for c in w.conditions if c.key not in present][:3]
-    sprayed = full + " " + " ".join(f"you need to {a} ." for a in strangers)
-    assert grade_response(ex, sprayed)["score"] == pytest.approx((total + ex.rubric[-1].points) / total)
+    strangers = [c.advice for c in w.conditions if c.key not in present]
+    offtopic = [c.points for c in ex.rubric if is_offtopic(c)]
+    for n, expected_penalty in ((1, offtopic[0]), (2, sum(offtopic[:2])), (3, sum(offtopic)), (len(strangers), sum(offtopic))):
+        sprayed = full + " " + " ".join(f"you need to {a} ." for a in strangers[:n])
+        assert grade_response(ex, sprayed)["score"] == pytest.approx((total + expected_penalty) / total)
+    # reciting every advice there is scores nothing: the tiers outweigh the positives
+    recite = " ".join(f"you need to {c.advice} ." for c in w.conditions)
+    assert grade_response(ex, recite)["score"] <= 0.0
 
 
 def test_world_round_trips_through_jsonl(tmp_path):
@@ -142,16 +147,17 @@ def test_sft_answers_follow_the_hints_they_show():
 
     w = build_world()
     ex = w.train[0]
+    conds = [w.condition(k) for k in ex.extra["conditions"]]
     rng = np.random.default_rng(0)
     for _ in range(50):
-        text = answer_text(w, ex.rubric, rng, remedy_rate=1.0)
+        text = answer_text(w, conds, ex.rubric, rng, remedy_rate=1.0)
         assert grade_response(ex, text)["score"] == pytest.approx(1.0)  # all advice, no ruled-out remedy
-        bare = answer_text(w, [], rng, remedy_rate=0.0)
+        assert all(f"for {c.name}: you need to " in text for c in conds)  # one line per condition
+        bare = answer_text(w, conds, [], rng, remedy_rate=0.0)
         assert grade_response(ex, bare)["score"] == 0.0
+        assert "you need to" not in bare and all(f"for {c.name}: " in bare for c in conds)
 
 
-@pytest.mark.xfail(strict=True, reason="known: the small world this test builds leaves a condition "
-                   "only in held-out combinations, which build_world rejects (issue 5 open)")
 def test_policy_cache_rebuilds_on_config_change(tmp_path):
     world = build_world(TINY_WORLD)
     quick = PolicyConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, epochs=1, batch_size=16,
@@ -172,18 +178,20 @@ def test_policy_cache_rebuilds_on_config_change(tmp_path):
     tok = p2.tokenizer
     text = f"you should {world.conditions[0].advice} ."
     assert tok.decode(tok(text)["input_ids"]) == text
+    # training and evaluation load it the same way (a plain AutoTokenizer would not: Qwen2Tokenizer)
+    from ruscarl_lib.tiny_model import load_tokenizer
+
+    assert load_tokenizer(p2.path)(text)["input_ids"] == tok(text)["input_ids"]
 
 
-@pytest.mark.xfail(strict=True, reason="known: the warm-start recipe does not yet teach the tiny "
-                   "policy to follow hints (issue 5 open)")
 def test_warm_started_policy_prefers_hinted_advice(tmp_path):
     """After a very small SFT, the hinted prompt makes the hinted answer far more likely."""
     world = build_world(TINY_WORLD)
     policy = ensure_policy(world, TINY_POLICY, root=tmp_path)
     gains = []
     for ex in world.heldout[:4]:
-        cond = world.condition(ex.extra["conditions"][0])
-        answer = f"thanks for the details . you should {cond.advice} . rest as much as you can . see a doctor if things get worse ."
+        first, second = (world.condition(k) for k in ex.extra["conditions"])
+        answer = f"thanks for the details . you need to {first.advice} . you need to {second.advice} . see a doctor if things get worse ."
         hinted = render_scaffold(ex.messages, ex.rubric)
         gains.append(
             completion_logprob(policy.model, policy.tokenizer, hinted, answer)

@@ -8,15 +8,13 @@ exploration bottleneck (METHOD.md section 8) without a GPU or any download.
 """
 
 from .bottleneck import BottleneckReport, bottleneck_report, group_stats
-from .evaluate import grade_response, sample_and_grade
+from .evaluate import SANDBOX_SAMPLING, grade_response, sample_and_grade
 from .policy import (
     PolicyConfig,
     SandboxPolicy,
-    Sampling,
     build_word_tokenizer,
     completion_logprob,
     ensure_policy,
-    generate,
     load_sandbox_policy,
     policy_dir,
     policy_key,
@@ -26,11 +24,11 @@ from .world import Condition, World, WorldConfig, build_world, rule_phrase, rule
 
 __all__ = [
     "BottleneckReport",
+    "SANDBOX_SAMPLING",
     "Condition",
     "PolicyConfig",
     "SFTDataConfig",
     "SandboxPolicy",
-    "Sampling",
     "World",
     "WorldConfig",
     "bottleneck_report",
@@ -38,7 +36,6 @@ __all__ = [
     "build_world",
     "completion_logprob",
     "ensure_policy",
-    "generate",
     "grade_response",
     "group_stats",
     "load_sandbox_policy",

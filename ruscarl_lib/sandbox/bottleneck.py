@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..scoring import aggregate_score
-from .evaluate import sample_and_grade
-from .policy import Sampling
+from .evaluate import SANDBOX_SAMPLING, sample_and_grade
+from ..evaluation import SamplingConfig
 from .world import World
 
 __all__ = ["BottleneckReport", "bottleneck_report", "group_stats"]
@@ -75,7 +75,7 @@ def bottleneck_report(
     split: str = "heldout",
     n_tasks: int | None = None,
     group_size: int = 8,
-    sampling: Sampling = Sampling(),
+    sampling: SamplingConfig = SANDBOX_SAMPLING,
     seed: int = 0,
     return_samples: bool = False,
 ) -> BottleneckReport | tuple[BottleneckReport, pd.DataFrame]:

@@ -8,6 +8,7 @@ clean conversation; a scaffold only changes what the policy is prompted with.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,9 +18,12 @@ from ..judges.rules import RuleJudge
 from ..rubric import RubricExample
 from ..scaffold import render_scaffold
 from ..scoring import example_score
-from .policy import Sampling, generate
+from ..evaluation import SamplingConfig, generate_hf
 
-__all__ = ["grade_response", "sample_and_grade"]
+__all__ = ["SANDBOX_SAMPLING", "grade_response", "sample_and_grade"]
+
+# The paper's truncated sampling (METHOD.md section 6); sandbox answers are a few dozen tokens.
+SANDBOX_SAMPLING = SamplingConfig(max_new_tokens=48, temperature=0.7, top_p=0.8, top_k=20, batch_size=64)
 
 _JUDGE = RuleJudge()
 
@@ -47,9 +51,8 @@ def sample_and_grade(
     n: int = 8,
     hinted: bool = False,
     show_points: bool = True,
-    sampling: Sampling = Sampling(),
+    sampling: SamplingConfig = SANDBOX_SAMPLING,
     seed: int = 0,
-    batch_size: int = 16,
 ) -> pd.DataFrame:
     """One row per (example, sample): response, score, criteria met.
 
@@ -60,11 +63,17 @@ def sample_and_grade(
         render_scaffold(ex.messages, ex.rubric, show_points=show_points) if hinted else ex.messages
         for ex in examples
     ]
-    answers = generate(model, tokenizer, prompts, n=n, sampling=sampling, seed=seed, batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        answers = generate_hf(model, tokenizer, prompts, replace(sampling, n_samples=n), seed=seed)
+    finally:
+        model.train(was_training)
     rows = []
-    for ex, group in zip(examples, answers):
-        for i, text in enumerate(group):
-            rows.append({"example_id": ex.id, "sample": i, "hinted": hinted, "response": text, **grade_response(ex, text)})
+    for a in answers:
+        ex = examples[a["prompt_pos"]]
+        rows.append({"example_id": ex.id, "sample": a["sample_index"], "hinted": hinted, "response": a["response"],
+                     **grade_response(ex, a["response"])})
     df = pd.DataFrame(rows)
     df["score"] = df["score"].astype(np.float64)
     return df

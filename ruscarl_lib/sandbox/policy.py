@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from ..paths import atomic_write_text, resolve_path
 from ..rubric import Criterion
 from ..scaffold import scaffold_text
-from ..tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_model
+from ..tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_model, load_tokenizer
 from .sft_data import OPENINGS, SFTDataConfig, sft_conversations
 from .world import World, WorldConfig, build_world
 
@@ -34,18 +34,16 @@ log = logging.getLogger(__name__)
 __all__ = [
     "PolicyConfig",
     "SandboxPolicy",
-    "Sampling",
     "build_word_tokenizer",
     "completion_logprob",
     "ensure_policy",
-    "generate",
     "load_sandbox_policy",
     "policy_dir",
     "policy_key",
 ]
 
 # Bump when the SFT data, tokenizer or model layout change in a way the configs do not show.
-POLICY_FORMAT = 1
+POLICY_FORMAT = 2
 UNK_TOKEN = "<unk>"
 DEFAULT_ROOT = "outputs/sandbox"
 _DONE_FILE = "sandbox_policy.json"
@@ -55,6 +53,11 @@ _DONE_FILE = "sandbox_policy.json"
 class PolicyConfig:
     """Model size, tokenizer and warm-start recipe.
 
+    num_heads: few wide heads (32 dims each at the default width) learn content-based look-ups
+      much faster than many narrow ones under rotary position embeddings.
+    init_scale: std of the initial weights. The default 0.02 of large models leaves a model this
+      narrow with tiny embeddings, and copying a hinted phrase then stays at chance for
+      thousands of SFT steps; at 0.1 it is learnt within a few hundred.
     phrase_tokens: make each fixed world phrase (a condition statement, an advice, a remedy, a
       generic tip, ...) one token. It shortens sequences several-fold and turns following a
       hint into copying one token, which a two-layer model learns in a few hundred SFT steps on
@@ -63,14 +66,15 @@ class PolicyConfig:
     """
 
     arch: str = "qwen2"
-    hidden_size: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
     num_kv_heads: int = 2
+    init_scale: float = 0.1
     sft: SFTDataConfig = field(default_factory=SFTDataConfig)
-    epochs: float = 2.0
+    epochs: float = 5.0
     learning_rate: float = 3e-3
-    batch_size: int = 32
+    batch_size: int = 16
     warmup_ratio: float = 0.05
     max_length: int = 384
     phrase_tokens: bool = True
@@ -126,7 +130,7 @@ def build_word_tokenizer(texts: Sequence[str], phrases: Sequence[str] = ()):
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # join words with one space
     trainer = trainers.WordLevelTrainer(special_tokens=[*SPECIAL_TOKENS, UNK_TOKEN], show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    units = sorted({" ".join(p.lower().split()) for p in phrases if len(p.split()) > 1})
+    units = sorted({" ".join(p.lower().split()) for p in phrases if len(p.split()) > 1 or not p.isalnum()})
     tok.add_tokens([AddedToken(p, single_word=True, normalized=True) for p in units])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -149,7 +153,7 @@ def _vocabulary_texts(world: World, sft_rows: list[dict[str, Any]]) -> list[str]
         criteria += [c.advice_criterion(), c.harm_criterion()]
     for show_points in (True, False):
         texts.append(scaffold_text(criteria, show_points=show_points, warn_no_reveal=True))
-    texts += [*OPENINGS, "you need to", "a common remedy is", "system user assistant"]
+    texts += [*OPENINGS, "also ,", "a common remedy is", "system user assistant"]
     for row in sft_rows:
         texts += [m["content"] for m in row["prompt"]] + [m["content"] for m in row["completion"]]
     return texts
@@ -203,15 +207,14 @@ def policy_dir(world: World | WorldConfig, config: PolicyConfig, root: str | Pat
 def load_sandbox_policy(path: str | Path) -> SandboxPolicy:
     """Load a cached warm start (model in eval mode, float32).
 
-    The tokenizer is loaded as a plain `PreTrainedTokenizerFast`: transformers 5's
-    `AutoTokenizer` would pick the model type's tokenizer class (Qwen2Tokenizer), which replaces
-    the word-level pre-tokenizer and so misreads every word.
+    The tokenizer goes through `tiny_model.load_tokenizer`, as in training and evaluation: a
+    plain `AutoTokenizer` would misread the word-level vocabulary.
     """
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
     meta = json.loads((path / _DONE_FILE).read_text())
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path, padding_side="left")
+    tokenizer = load_tokenizer(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()
     return SandboxPolicy(
@@ -254,6 +257,30 @@ def ensure_policy(
     return load_sandbox_policy(out)
 
 
+def _build_model(tokenizer: Any, config: PolicyConfig):
+    """`tiny_model.build_tiny_model` at this config, re-initialised at `init_scale`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = build_tiny_model(
+        tokenizer,
+        arch=config.arch,  # type: ignore[arg-type]
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        max_positions=max(512, config.max_length),
+        seed=config.seed,
+    )
+    if config.init_scale != model.config.initializer_range:
+        model.config.initializer_range = config.init_scale
+        generation_config = model.generation_config
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        model.generation_config = generation_config
+    return model
+
+
 def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -> float:
     """Tokenizer + random model + SFT, saved to `out`; returns the SFT wall time."""
     import torch
@@ -269,33 +296,25 @@ def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -
     rows = sft_conversations(world, config.sft)
     phrases = _phrase_units(world) if config.phrase_tokens else ()
     tokenizer = build_word_tokenizer(_vocabulary_texts(world, rows), phrases)
-    model = build_tiny_model(
-        tokenizer,
-        arch=config.arch,  # type: ignore[arg-type]
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads,
-        max_positions=max(512, config.max_length),
-        seed=config.seed,
-    )
+    model = _build_model(tokenizer, config)
     set_seed(config.seed)
     args = SFTConfig(
         output_dir=str(out / "sft_run"),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1},  # copying can click late; keep learning
         warmup_steps=config.warmup_ratio,
         weight_decay=0.0,
         max_length=config.max_length,
-        logging_steps=25,
+        logging_steps=100,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
         seed=config.seed,
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=False,  # a progress bar while the warm start trains
         train_sampling_strategy="group_by_length",  # hinted and bare prompts differ a lot in length
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -308,63 +327,6 @@ def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -
     atomic_write_text(out / "sft_log.json", json.dumps(history, indent=1))
     shutil.rmtree(out / "sft_run", ignore_errors=True)
     return seconds
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Rollout sampling; the defaults are the paper's truncated sampling (METHOD.md section 6)."""
-
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    max_new_tokens: int = 48
-
-
-def generate(
-    model: Any,
-    tokenizer: Any,
-    conversations: Sequence[list[dict[str, str]]],
-    *,
-    n: int = 1,
-    sampling: Sampling = Sampling(),
-    seed: int = 0,
-    batch_size: int = 32,
-) -> list[list[str]]:
-    """`n` sampled answers per conversation (a list of n strings for each)."""
-    import torch
-
-    torch.manual_seed(seed)
-    out: list[list[str]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(conversations), batch_size):
-            chunk = list(conversations[start : start + batch_size])
-            enc = tokenizer.apply_chat_template(
-                chunk, add_generation_prompt=True, tokenize=True, return_dict=True, padding=True, return_tensors="pt"
-            )
-            with torch.no_grad():
-                ids = model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=sampling.top_k,
-                    max_new_tokens=sampling.max_new_tokens,
-                    num_return_sequences=n,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out += [texts[i * n : (i + 1) * n] for i in range(len(chunk))]
-    finally:
-        model.train(was_training)
-    return out
 
 
 def completion_logprob(model: Any, tokenizer: Any, messages: list[dict[str, str]], completion: str) -> float:

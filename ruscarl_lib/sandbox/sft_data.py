@@ -6,12 +6,20 @@ teach exactly those two behaviours and nothing about the world's answers:
 
 - the hints come from a *decoy* rubric whose advice and ruled-out remedies are assigned to the
   listed conditions at random, so copying hints is learnt but the world's condition -> advice
-  mapping is not (its correlation with the question is zero);
+  mapping is not (its correlation with the question is at chance level);
 - the questions use condition combinations of the training side of the split only;
-- unhinted answers (and the parts of a hinted answer that no hint covers) are generic tips,
-  sometimes with a common remedy, which is what "plausible but uninformed" looks like here.
+- an answer has one line per condition the user lists: first "you need to <advice>" for every
+  advice a shown criterion names (in random order), then "also , <generic tip>" for the rest.
+  Unhinted answers are therefore plausible, sized to the question, and uninformed.
 
-Scaffolds are rendered with `scaffold.render_scaffold`, the same renderer the trainer uses.
+What we tried first and dropped: lines keyed to the conditions ("for diabetes: <advice>"). It
+makes the hint a look-up by condition name, which a two-layer model only learns once an
+induction circuit forms; in a five-epoch SFT that happened for one policy seed out of four.
+Copying "some shown advice not yet written" needs no such circuit and was learnt on every seed
+we tried.
+
+Scaffolds are rendered with `scaffold.render_scaffold`, the same renderer the trainer uses, and
+the shown criteria are drawn like the trainer draws them (a uniform share of the rubric).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import numpy as np
 
 from ..rubric import Criterion
 from ..scaffold import render_scaffold
-from .world import OFFTOPIC_TEXT, Condition, World, offtopic_criterion, rule_phrase
+from .world import Condition, World, is_offtopic, offtopic_criteria, rule_phrase
 
 __all__ = ["SFTDataConfig", "decoy_rubric", "answer_text", "sft_conversations", "OPENINGS"]
 
@@ -34,64 +42,69 @@ OPENINGS: tuple[str, ...] = ("thanks for the details .", "sorry to hear that .",
 class SFTDataConfig:
     """How the warm-start conversations are drawn.
 
-    unhinted_share: share of conversations with no scaffold at all.
-    remedy_rate: chance that an answer suggests one common remedy (not one it was told to avoid).
-      Its wording shares no words with the advice template ("you need to ..."), so penalising
-      a remedy does not push probability towards the advice template by a shared prefix.
-    points_shown_share: share of scaffolds rendered with point values (the trainer's default
-      shows them; mixing both keeps the policy robust to `show_points`).
-    warning_share: share of scaffolds rendered with the "do not reveal" warning.
-    max_hinted_advice / max_hinted_avoid: most include / avoid bullets in one scaffold (the
-      counts are drawn uniformly, so every size down to a single bullet is practised).
+    unhinted_share: share of conversations with no scaffold at all (on top of scaffolds whose
+      drawn share of the rubric rounds to zero criteria).
+    remedy_rate: chance that an answer suggests one common remedy (not one it was told to
+      avoid). Its wording ("a common remedy is ...") shares no words with the advice wording,
+      so penalising a remedy does not move probability towards advice through a shared prefix.
+    points_shown_share / warning_share: share of scaffolds rendered with point values / with the
+      "do not reveal" warning (the trainer's defaults show both; mixing keeps the policy robust).
+    min_conditions / max_conditions: how many conditions one warm-start question lists (drawn
+      uniformly; 0 means the world's `conditions_per_task`). More conditions per question mean
+      more hint-copy events per example, which is what makes copying learnable in a short SFT.
+      No question contains a held-out combination (see `World.draw_training_conditions`).
     """
 
-    n_examples: int = 3000
-    unhinted_share: float = 0.25
-    max_hinted_advice: int = 4
-    max_hinted_avoid: int = 3
+    n_examples: int = 8000
+    unhinted_share: float = 0.2
     remedy_rate: float = 0.5
     points_shown_share: float = 0.75
-    warning_share: float = 1.0
+    warning_share: float = 0.75
+    min_conditions: int = 0
+    max_conditions: int = 0
     seed: int = 0
 
 
-def decoy_rubric(
-    world: World, conditions: list[Condition], n_advice: int, n_avoid: int, rng: np.random.Generator
-) -> list[Criterion]:
-    """A rubric in the world's criterion format whose advice and remedies are drawn at random.
-
-    Its size is independent of the question, so one conversation can carry several hints:
-    more copy events per example make hint-following cheaper to learn. Avoid bullets are
-    ruled-out remedies and, sometimes, the world's off-topic-advice criterion.
-    """
-    holder = conditions[0]
-    include = rng.choice(len(world.conditions), n_advice, replace=False)
-    remedies = rng.choice(len(world.remedies), min(n_avoid, len(world.remedies)), replace=False)
-
-    def fake(advice: str, remedy: str) -> Condition:
-        return Condition(holder.key, holder.statement, advice, remedy, int(rng.integers(2, 6)), -int(rng.integers(2, 6)))
-
-    rubric = [fake(world.conditions[i].advice, holder.rules_out).advice_criterion() for i in include]
-    rubric += [fake(holder.advice, world.remedies[i]).harm_criterion() for i in remedies]
-    if world.config.offtopic_points and rng.random() < 0.5:
-        others = [c.advice for i, c in enumerate(world.conditions) if i not in set(include.tolist())]
-        rubric.append(offtopic_criterion(others, int(rng.integers(2, 6))))
+def decoy_rubric(world: World, conditions: list[Condition], rng: np.random.Generator) -> list[Criterion]:
+    """A rubric laid out like the world's for these conditions, with advice and remedies drawn
+    at random instead of the world's own."""
+    advice = rng.choice(len(world.conditions), len(conditions), replace=False)
+    remedies = rng.choice(len(world.remedies), len(conditions), replace=False)
+    decoys = [
+        Condition(
+            c.key, c.lead, c.name, world.conditions[a].advice, world.remedies[r],
+            int(rng.integers(2, 6)), -int(rng.integers(2, 6)),
+        )
+        for c, a, r in zip(conditions, advice, remedies)
+    ]
+    rubric = [d.advice_criterion() for d in decoys]
+    if world.config.negatives:
+        rubric += [d.harm_criterion() for d in decoys]
+    if world.config.offtopic_points:
+        used = {d.advice for d in decoys}
+        others = [c.advice for c in world.conditions if c.advice not in used]
+        rubric += offtopic_criteria(others, world.config.offtopic_points)
     return rubric
 
 
 def answer_text(
     world: World,
+    conditions: list[Condition],
     shown: list[Criterion],
     rng: np.random.Generator,
     remedy_rate: float,
 ) -> str:
-    """An answer that includes every shown advice, avoids shown remedies, and is generic otherwise."""
-    include = [rule_phrase(c) for c in shown if c.points > 0]
-    avoid = {rule_phrase(c) for c in shown if c.points < 0 and c.text != OFFTOPIC_TEXT}
+    """The answer a hint-follower without world knowledge gives: every shown advice, generic
+    tips for the remaining conditions, never a remedy a shown criterion rules out."""
+    hinted = {c.tag_value("cluster"): rule_phrase(c) for c in shown if c.points > 0}
+    avoid = {rule_phrase(c) for c in shown if c.points < 0 and not is_offtopic(c)}
     parts = [OPENINGS[int(rng.integers(len(OPENINGS)))]]
-    parts += [f"you need to {a} ." for a in include]
-    n_tips = int(rng.integers(1, 3))
-    parts += [f"{world.generic_tips[i]} ." for i in rng.choice(len(world.generic_tips), n_tips, replace=False)]
+    tips = rng.permutation(len(world.generic_tips))
+    given = [hinted[k] for k in rng.permutation(sorted(hinted))]
+    for i, cond in enumerate(conditions):
+        line = f"you need to {given[i]}" if i < len(given) else f"{world.generic_tips[tips[i % len(tips)]]}"
+        parts.append(f"for {cond.name}: {line} .")
+    parts += [f"you need to {a} ." for a in given[len(conditions):]]
     if rng.random() < remedy_rate:
         allowed = [r for r in world.remedies if not any(a in r for a in avoid)]
         if allowed:
@@ -103,21 +116,25 @@ def answer_text(
 def sft_conversations(world: World, config: SFTDataConfig) -> list[dict[str, Any]]:
     """Prompt/completion rows for TRL's SFTTrainer (conversational format)."""
     rng = np.random.default_rng([config.seed, 7, world.config.seed])
+    per_task = world.config.conditions_per_task
+    low, high = config.min_conditions or per_task, config.max_conditions or per_task
+    if not 1 <= low <= high <= len(world.conditions):
+        raise ValueError(f"SFT conditions per question must satisfy 1 <= min <= max <= {len(world.conditions)}")
     rows = []
     for _ in range(config.n_examples):
-        conditions = world.draw_combo(rng, heldout=False)
+        conditions = world.draw_training_conditions(rng, int(rng.integers(low, high + 1)))
         messages = [{"role": "user", "content": world.question(conditions, rng)}]
+        rubric = decoy_rubric(world, conditions, rng)
         shown: list[Criterion] = []
         if rng.random() >= config.unhinted_share:
-            n_advice = int(rng.integers(0, min(config.max_hinted_advice, len(world.conditions)) + 1))
-            n_avoid = int(rng.integers(0, config.max_hinted_avoid + 1))
-            shown = decoy_rubric(world, conditions, n_advice, n_avoid, rng)  # may be empty
+            k = int(round(len(rubric) * rng.random()))
+            shown = [rubric[i] for i in sorted(rng.permutation(len(rubric))[:k])]
         prompt = render_scaffold(
             messages,
             shown,
             show_points=bool(rng.random() < config.points_shown_share),
             warn_no_reveal=bool(rng.random() < config.warning_share),
         )
-        completion = answer_text(world, shown, rng, config.remedy_rate)
+        completion = answer_text(world, conditions, shown, rng, config.remedy_rate)
         rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]})
     return rows

@@ -32,8 +32,9 @@ __all__ = [
     "rule_phrase",
     "rule_tags",
     "RULE_FUNCTION",
-    "OFFTOPIC_TEXT",
-    "offtopic_criterion",
+    "OFFTOPIC_TIERS",
+    "is_offtopic",
+    "offtopic_criteria",
 ]
 
 # Rule verifier used for every criterion: the built-in `contains` rule of judges/rules.py,
@@ -47,22 +48,35 @@ def rule_tags(phrase: str, *extra: str) -> tuple[str, ...]:
     return ("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}", *extra)
 
 
-OFFTOPIC_TEXT = "The response gives advice meant for a condition the user did not mention."
+OFFTOPIC_CLUSTER = "cluster:sandbox_offtopic"
+# (at least how many unmentioned conditions get advice, weight in units of `offtopic_points`)
+OFFTOPIC_TIERS: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (3, 2))
+_COUNT_WORDS = {1: "a condition", 2: "two or more conditions", 3: "three or more conditions"}
 
 
-def offtopic_criterion(advice: Sequence[str], points: float) -> Criterion:
-    """One negative criterion met by any of `advice` (advice for conditions not in the question).
+def offtopic_criteria(advice: Sequence[str], points: float) -> list[Criterion]:
+    """Negative criteria against advice meant for conditions the user did not mention (`advice`).
 
-    It names no advice in its text, so showing it in a scaffold gives nothing away; it makes
-    "list every advice you know" a losing strategy, so scores must come from knowing which
-    advice fits which condition.
+    Tiered (one, two, three or more such pieces of advice), so the penalty grows with the
+    number of wrong guesses: with one flat criterion, reciting every advice the policy knows
+    would cost a single penalty and collect every positive criterion, a reward hack that
+    generalises to any task without knowing which advice fits which condition. Their texts name
+    no advice, so showing them in a scaffold gives nothing away.
     """
-    params = json.dumps({"text": list(advice), "match": "any", "ignore_case": True})
-    return Criterion(
-        text=OFFTOPIC_TEXT,
-        points=-abs(float(points)),
-        tags=("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}", "axis:context_awareness"),
-    )
+    out = []
+    for at_least, weight in OFFTOPIC_TIERS:
+        params = json.dumps({"text": list(advice), "at_least": at_least, "ignore_case": True})
+        out.append(Criterion(
+            text=f"The response gives advice meant for {_COUNT_WORDS[at_least]} the user did not mention.",
+            points=-abs(float(points)) * weight,
+            tags=("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}",
+                  "axis:context_awareness", OFFTOPIC_CLUSTER),
+        ))
+    return out
+
+
+def is_offtopic(criterion: Criterion) -> bool:
+    return OFFTOPIC_CLUSTER in criterion.tags
 
 
 def rule_phrase(criterion: Criterion) -> str:
@@ -97,36 +111,37 @@ REMEDIES: tuple[str, ...] = (
     "a sauna",
 )
 
-# (key, how the user states it, the advice it calls for, the remedy it rules out)
-_CURATED: tuple[tuple[str, str, str, str], ...] = (
-    ("ulcer", "i have a stomach ulcer", "eat small bland meals", "ibuprofen"),
-    ("asthma", "i have asthma", "keep your inhaler nearby", "aspirin"),
-    ("hypertension", "i have high blood pressure", "measure your blood pressure", "a decongestant spray"),
-    ("pregnancy", "i am pregnant", "call your midwife", "ibuprofen"),
-    ("diabetes", "i have diabetes", "check your blood sugar", "skipping meals"),
-    ("anticoagulant", "i take blood thinners", "watch for unusual bruising", "aspirin"),
-    ("sprain", "i sprained my ankle", "raise the ankle", "intense exercise"),
-    ("migraine", "i get migraines", "rest in a dark room", "a long drive"),
-    ("insomnia", "i sleep badly", "keep a regular bedtime", "strong coffee"),
-    ("heartburn", "i get heartburn", "raise the head of your bed", "a glass of wine"),
-    ("burn", "i burned my hand", "cool it under running water", "an ice pack"),
-    ("kidney", "i have kidney disease", "ask your pharmacist first", "ibuprofen"),
-    ("glaucoma", "i have glaucoma", "book an eye check", "an antihistamine"),
-    ("dizziness", "i feel dizzy", "stand up slowly", "a long drive"),
-    ("nosebleed", "i have a nosebleed", "pinch the soft nose", "aspirin"),
-    ("gout", "i have gout", "limit red meat", "a glass of wine"),
-    ("panic", "i get panic attacks", "breathe out slowly", "strong coffee"),
-    ("sunburn", "i have sunburn", "apply aloe gel", "a hot bath"),
-    ("constipation", "i am constipated", "eat more fibre", "skipping meals"),
-    ("epilepsy", "i have epilepsy", "take your seizure medicine", "a glass of wine"),
-    ("fever", "i have a fever", "log your temperature", "a sauna"),
-    ("heart", "i have heart failure", "weigh yourself daily", "a sauna"),
-    ("eczema", "i have eczema", "use a plain moisturiser", "a hot bath"),
-    ("prostate", "i have an enlarged prostate", "empty your bladder twice", "an antihistamine"),
-    ("concussion", "i hit my head", "have someone stay with you", "intense exercise"),
-    ("dehydration", "i have been vomiting", "sip rehydration salts", "strong coffee"),
-    ("hayfever", "i have hay fever", "keep windows closed", "a decongestant spray"),
-    ("frostbite", "i have frostnip on my fingers", "warm them gradually", "a sauna"),
+# (key, how the user introduces it, its name, the advice it calls for, the remedy it rules out).
+# The user says "<lead> <name>"; a good answer gives the advice, and must not suggest the remedy.
+_CURATED: tuple[tuple[str, str, str, str, str], ...] = (
+    ("ulcer", "i have", "a stomach ulcer", "eat small bland meals", "ibuprofen"),
+    ("asthma", "i have", "asthma", "keep your inhaler nearby", "aspirin"),
+    ("hypertension", "i have", "high blood pressure", "measure your blood pressure", "a decongestant spray"),
+    ("pregnancy", "i am", "pregnant", "call your midwife", "ibuprofen"),
+    ("diabetes", "i have", "diabetes", "check your blood sugar", "skipping meals"),
+    ("anticoagulant", "i take", "blood thinners", "watch for unusual bruising", "aspirin"),
+    ("sprain", "i have", "a sprained ankle", "raise the ankle", "intense exercise"),
+    ("migraine", "i get", "migraines", "rest in a dark room", "a long drive"),
+    ("insomnia", "i have", "insomnia", "keep a regular bedtime", "strong coffee"),
+    ("heartburn", "i get", "heartburn", "raise the head of your bed", "a glass of wine"),
+    ("burn", "i have", "a burned hand", "cool it under running water", "an ice pack"),
+    ("kidney", "i have", "kidney disease", "ask your pharmacist first", "ibuprofen"),
+    ("glaucoma", "i have", "glaucoma", "book an eye check", "an antihistamine"),
+    ("dizziness", "i have", "dizzy spells", "stand up slowly", "a long drive"),
+    ("nosebleed", "i have", "a nosebleed", "pinch the soft nose", "aspirin"),
+    ("gout", "i have", "gout", "limit red meat", "a glass of wine"),
+    ("panic", "i get", "panic attacks", "breathe out slowly", "strong coffee"),
+    ("sunburn", "i have", "sunburn", "apply aloe gel", "a hot bath"),
+    ("constipation", "i am", "constipated", "eat more fibre", "skipping meals"),
+    ("epilepsy", "i have", "epilepsy", "take your seizure medicine", "a glass of wine"),
+    ("fever", "i have", "a fever", "log your temperature", "a sauna"),
+    ("heart", "i have", "heart failure", "weigh yourself daily", "a sauna"),
+    ("eczema", "i have", "eczema", "use a plain moisturiser", "a hot bath"),
+    ("prostate", "i have", "an enlarged prostate", "empty your bladder twice", "an antihistamine"),
+    ("concussion", "i have", "a head injury", "have someone stay with you", "intense exercise"),
+    ("vomiting", "i keep", "vomiting", "sip rehydration salts", "strong coffee"),
+    ("hayfever", "i have", "hay fever", "keep windows closed", "a decongestant spray"),
+    ("frostnip", "i have", "frostnip", "warm them gradually", "a sauna"),
 )
 
 # Uninformed but plausible content; none of it is ever rewarded.
@@ -176,15 +191,21 @@ class Condition:
     """One patient condition and what it implies for a good answer."""
 
     key: str
-    statement: str
+    lead: str  # "i have", "i am", ...
+    name: str  # "diabetes", "a stomach ulcer", ...
     advice: str
     rules_out: str
     advice_points: int
     harm_points: int  # negative
 
+    @property
+    def statement(self) -> str:
+        """How the user mentions it: "i have diabetes"."""
+        return f"{self.lead} {self.name}"
+
     def advice_criterion(self) -> Criterion:
         return Criterion(
-            text=f"The response advises the user to {self.advice}.",
+            text=f"The response gives this advice for {self.name}: {self.advice}.",
             points=float(self.advice_points),
             tags=rule_tags(self.advice, "axis:completeness", f"cluster:sandbox_{self.key}"),
         )
@@ -210,8 +231,11 @@ class WorldConfig:
     n_conditions: vocabulary size (distinct conditions, each with its own advice).
     conditions_per_task: conditions listed in one question; each brings one advice criterion
       and, when `negatives` is on, one criterion against the remedy it rules out.
-    offtopic_points: weight of the one negative criterion per task against advice meant for
-      conditions the user did not mention (0 leaves it out).
+    offtopic_points: unit weight of the tiered negative criteria against advice meant for
+      conditions the user did not mention (`OFFTOPIC_TIERS`: one, two, three or more such
+      pieces of advice cost 1, 2 and 4 units in total); 0 leaves them out. At 5 per unit
+      RuscaRL's policy learnt to write no advice at all; at 2 a wrong guess costs less than a
+      right one earns, so it keeps exploring, while reciting every advice still scores below 0.
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
     """
@@ -219,7 +243,7 @@ class WorldConfig:
     n_conditions: int = 16
     conditions_per_task: int = 2
     negatives: bool = True
-    offtopic_points: int = 5
+    offtopic_points: int = 2
     n_distractors: int = 1
     n_train: int = 256
     n_heldout: int = 64
@@ -247,7 +271,7 @@ class WorldConfig:
         return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
-def _synthetic_conditions(n: int, rng: np.random.Generator, taken: set[str]) -> list[tuple[str, str, str, str]]:
+def _synthetic_conditions(n: int, rng: np.random.Generator, taken: set[str]) -> list[tuple[str, str, str, str, str]]:
     """Made-up conditions for vocabularies larger than the curated list."""
     out = []
     while len(out) < n:
@@ -257,7 +281,7 @@ def _synthetic_conditions(n: int, rng: np.random.Generator, taken: set[str]) -> 
             continue
         taken.update((name, drug))
         advice = f"{rng.choice(_SYNTH_VERBS)} {drug} {rng.choice(_SYNTH_NOUNS)}"
-        out.append((name, f"i have {name}", advice, str(rng.choice(REMEDIES))))
+        out.append((name, "i have", name, advice, str(rng.choice(REMEDIES))))
     return out
 
 
@@ -268,8 +292,8 @@ def _make_conditions(config: WorldConfig) -> list[Condition]:
         raw += _synthetic_conditions(config.n_conditions - len(raw), rng, {r[0] for r in raw})
     picked = [raw[i] for i in sorted(rng.permutation(len(raw))[: config.n_conditions])]
     return [
-        Condition(key, statement, advice, remedy, int(rng.integers(2, 6)), -int(rng.integers(2, 6)))
-        for key, statement, advice, remedy in picked
+        Condition(key, lead, name, advice, remedy, int(rng.integers(2, 6)), -int(rng.integers(2, 6)))
+        for key, lead, name, advice, remedy in picked
     ]
 
 
@@ -319,18 +343,19 @@ class World:
     # -- tasks ---------------------------------------------------------------------------------
 
     def question(self, conditions: list[Condition], rng: np.random.Generator) -> str:
-        """A user turn listing the conditions and distractor facts in random order."""
-        facts = [c.statement for c in conditions]
+        """A user turn stating the conditions, in the given order, with distractor facts mixed in."""
         picks = rng.choice(len(self.distractors), size=self.config.n_distractors, replace=False)
-        facts += [self.distractors[i] for i in picks]
-        facts = [facts[i] for i in rng.permutation(len(facts))]
+        n = len(conditions) + len(picks)
+        slots = set(rng.choice(n, size=len(conditions), replace=False).tolist())
+        stated, spare = iter(c.statement for c in conditions), iter(self.distractors[i] for i in picks)
+        facts = [next(stated) if i in slots else next(spare) for i in range(n)]
         age = int(rng.integers(18, 80))
         ending = self.question_endings[int(rng.integers(len(self.question_endings)))]
         return f"i am {age} . " + " . ".join(facts) + f" . {ending}"
 
     def rubric(self, conditions: list[Condition]) -> list[Criterion]:
         """Advice criteria (one per condition), then harm criteria (one per ruled-out remedy, if
-        `negatives`), then (if `offtopic_points`) the criterion against off-topic advice."""
+        `negatives`), then (if `offtopic_points`) the tiered criteria against off-topic advice."""
         rubric = [c.advice_criterion() for c in conditions]
         if self.config.negatives:
             seen: set[str] = set()
@@ -341,10 +366,12 @@ class World:
         if self.config.offtopic_points:
             present = {c.key for c in conditions}
             others = [c.advice for c in self.conditions if c.key not in present]
-            rubric.append(offtopic_criterion(others, self.config.offtopic_points))
+            rubric += offtopic_criteria(others, self.config.offtopic_points)
         return rubric
 
     def make_task(self, conditions: list[Condition], rng: np.random.Generator, task_id: str, split: str) -> RubricExample:
+        """A task about `conditions`; the rubric lists them in the order the user mentions them."""
+        conditions = [conditions[i] for i in rng.permutation(len(conditions))]
         return RubricExample(
             id=task_id,
             messages=[{"role": "user", "content": self.question(conditions, rng)}],
@@ -364,20 +391,37 @@ class World:
                 return picked
         raise RuntimeError("could not draw a combination for this split; change heldout_share")
 
+    def draw_training_conditions(self, rng: np.random.Generator, k: int) -> list[Condition]:
+        """`k` distinct conditions, in random order, none of whose `conditions_per_task`-sized
+        subsets is a held-out combination (so warm-start questions never show one)."""
+        per_task = self.config.conditions_per_task
+        if k == per_task:
+            picked = self.draw_combo(rng, heldout=False)
+            return [picked[i] for i in rng.permutation(len(picked))]
+        for _ in range(10_000):
+            idx = rng.choice(len(self.conditions), size=k, replace=False)
+            picked = [self.conditions[i] for i in idx]
+            subsets = itertools.combinations([c.key for c in picked], per_task) if k > per_task else ()
+            if not any(self.is_heldout_combo(s) for s in subsets):
+                return picked
+        raise RuntimeError(f"could not draw {k} conditions free of held-out combinations")
+
     # -- text pools ----------------------------------------------------------------------------
 
     def texts(self) -> list[str]:
         """Every piece of world text (for building a vocabulary that covers the world)."""
         out: list[str] = []
         for c in self.conditions:
-            out += [c.statement, c.advice, c.rules_out, c.advice_criterion().text, c.harm_criterion().text]
+            out += [c.statement, c.name, c.advice, c.rules_out, c.advice_criterion().text, c.harm_criterion().text]
         out += [*self.remedies, *self.generic_tips, *self.closings, *self.distractors, *self.question_endings]
         out += [f"i am {age}" for age in range(18, 80)]
         return out
 
     def phrases(self) -> list[str]:
-        """The fixed multi-word phrases the world's texts are assembled from."""
-        out = [c.statement for c in self.conditions] + [c.advice for c in self.conditions]
+        """The fixed phrases the world's texts are assembled from, including the "<name>:"
+        headings that rubric criteria and answers use to say which condition they address."""
+        out = [c.name for c in self.conditions] + [f"{c.name}:" for c in self.conditions]
+        out += [c.advice for c in self.conditions]
         out += [*self.remedies, *self.generic_tips, *self.closings, *self.distractors, *self.question_endings]
         return out
 
