@@ -95,7 +95,15 @@ class SweepSpec(BaseModel):
     base: str = Field("params/default.yaml", description="Base params file every run starts from.")
     notebooks: list[str] = Field(..., min_length=1, description="Notebooks run in order for every point.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides for every run.")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Papermill parameters for every run.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Papermill parameters for every run; in string values {run_id}, {run_dir} and {root} "
+                    "are replaced by the run's id and folders (e.g. the adapter an earlier notebook trained).",
+    )
+    prepare_sandbox: bool = Field(
+        False, description="Prepare the CPU sandbox of `base` once (world splits, cached warm start) and "
+                           "start every run from the prepared params instead of `base` itself.",
+    )
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Crossed: every combination is a run.")
     points: list[dict[str, Any]] = Field(default_factory=list, description="Explicit runs (override dicts).")
     combine: Literal["union", "product"] = Field(
@@ -292,6 +300,18 @@ def _atomic_json(path: Path, payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2, default=str, allow_nan=True))
 
 
+def _filled(parameters: dict[str, Any], run_id: str, run_dir: Path, root: Path) -> dict[str, Any]:
+    """Notebook parameters with {run_id}, {run_dir} and {root} replaced in string values."""
+    fill = {"{run_id}": run_id, "{run_dir}": str(run_dir), "{root}": str(root)}
+    out = {}
+    for key, value in parameters.items():
+        if isinstance(value, str):
+            for token, text in fill.items():
+                value = value.replace(token, text)
+        out[key] = value
+    return out
+
+
 def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, sources: list[Path],
              progress: bool) -> RunOutcome:
     """Execute every notebook of one run; DONE is written only after metrics.json."""
@@ -328,10 +348,12 @@ def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, source
                 stage = _stage_name(name)
                 stage_dir = run_dir / stage
                 parameters = {"params_file": str(params_file), "output_dir": str(stage_dir),
-                              **run.notebook_parameters}
+                              **_filled(run.notebook_parameters, run.run_id, run_dir, root)}
                 run_notebook(source, run_dir / f"{stage}.ipynb", parameters, progress=progress,
                              timeout_s=spec.timeout_s)
                 found = stage_dir / spec.metrics_file
+                if not found.exists():  # a training notebook writes into <output_dir>/<run_name>/
+                    found = stage_dir / run.run_id / spec.metrics_file
                 if not found.exists():
                     missing.append(stage)
                     continue
@@ -536,6 +558,10 @@ def run_sweep(
     root = (resolve_path(out_root) if out_root is not None else resolve_path(SWEEPS_DIR)) / spec.name
     (root / ".locks").mkdir(parents=True, exist_ok=True)
     base_path = _locate(spec.base, sweep_dir)
+    if spec.prepare_sandbox:
+        from .sandbox.prepare import prepare_sandbox
+
+        base_path = prepare_sandbox(load_params(base_path), root / "sandbox").params_path
     sources = [_notebook_source(n, sweep_dir) for n in spec.notebooks]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:

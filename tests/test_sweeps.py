@@ -231,3 +231,38 @@ def test_shipped_ablation_sweep_expands_and_validates():
     assert len(runs) == 18
     merf = [r for r in runs if r.varied.get("scaffold.binary_k") == 8 and "scaffold.step_decay" in r.varied]
     assert len(merf) == 1 and merf[0].settings["scaffold.alpha"] == 125.0
+
+
+def test_templated_parameters_are_filled_per_run(tmp_path):
+    from ruscarl_lib.sweeps import _filled
+
+    got = _filled({"adapter": "{run_dir}/03/{run_id}/adapter", "n": 3, "plain": "{other}"}, "r1", tmp_path / "r1", tmp_path)
+    assert got == {"adapter": f"{tmp_path}/r1/03/r1/adapter", "n": 3, "plain": "{other}"}
+
+
+@pytest.mark.slow
+def test_sandbox_sweep_trains_then_evaluates_what_it_trained(tmp_path):
+    """prepare_sandbox + the real 03 and 04 notebooks: 04 must evaluate the adapter 03 wrote."""
+    raw = yaml.safe_load((ROOT / "params" / "sandbox.yaml").read_text())
+    raw["sandbox"]["world"].update(n_train=16, n_heldout=4, n_conditions=6)
+    raw["sandbox"]["policy"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                                "epochs": 0.2, "sft": {"n_examples": 100}}
+    raw["sandbox"]["cache_dir"] = str(tmp_path / "policies")
+    raw["train"].update(max_steps=2, prompts_per_step=2, per_device_batch_size=16, save_steps=2)
+    raw["eval"].update(n_samples=1, batch_size=8)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    spec = yaml.safe_load((ROOT / "params" / "sweep_paper_ablations.yaml").read_text())
+    spec.update(name="mini", base="base.yaml", grid={}, points=[{"scaffold.enabled": False}],
+                notebooks=[str(ROOT / "notebooks" / f"{n}.ipynb") for n in spec["notebooks"]])
+    path = tmp_path / "sweep_mini.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_sweep(path, out_root=tmp_path / "sweeps", report=False)
+    assert not result.failed, result.outcomes
+    row = result.metrics.iloc[0]
+    run_dir = result.root / row["run_id"]
+    adapter = run_dir / "03_train_grpo" / row["run_id"] / "adapter"
+    assert adapter.is_dir()
+    evaluated = yaml.safe_load((run_dir / "04_evaluate" / "params.yaml").read_text())["eval"]["adapter"]
+    assert Path(evaluated) == adapter
+    assert 0.0 <= row["04_evaluate.score"] <= 1.0 and row["03_train_grpo.rl_steps"] == 2
+    assert (result.root / "sandbox" / "sandbox_params.yaml").exists()
