@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sweep", help="papermill sweep; see `ruscarl sweep --help`")
 
     demo = sub.add_parser("demo", help="run the notebook suite headless on CPU data")
-    demo.add_argument("--suite", choices=["foundation", "sandbox"], default="foundation",
+    demo.add_argument("--suite", choices=["foundation", "sandbox"], default="sandbox",
                       help="foundation: notebooks 01-02 on the embedded sample; sandbox: 00-05 on "
                            "the CPU sandbox (training and evaluation included)")
     demo.add_argument("--out", default="outputs/demo")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ruscarl_lib.paths import resolve_path
-from ruscarl_lib.reports import echo, export_html, read_json, run_notebook
+from ruscarl_lib.reports import echo, export_html, read_json, run_notebook, write_json
 
 
 @dataclass
@@ -84,12 +84,12 @@ def run_demo(
     out_dir: str | Path = "outputs/demo",
     params_file: str | None = None,
     *,
-    suite: str = "foundation",
+    suite: str = "sandbox",
     force: bool = False,
     progress: bool = True,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Execute every stage, write `report.html`, and return the headline numbers."""
+    """Execute every stage, write `report.html` and `headline.json`, and return the headline numbers."""
     out = resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     executed: list[Path] = []
@@ -113,6 +113,7 @@ def run_demo(
     headline = demo_headline(results) if suite == "sandbox" else dict(results)
     headline.update(report=str(report), notebooks=[str(p) for p in executed],
                     wall_s=round(time.perf_counter() - t_start, 1))
+    write_json(out / "headline.json", headline)
     return headline
 
 

@@ -1,0 +1,81 @@
+"""Wall time and peak memory of the main job (`ruscarl demo`, the sandbox suite) on this machine.
+
+Runs the demo as a child process into a fresh output folder, with a fresh policy cache so the
+warm start's SFT build is included (as on a fresh clone), and samples the resident memory of
+the whole process tree (the demo process plus its papermill kernels) twice a second. The
+budget in issue 5 is 15 minutes and 4 GB on 2 CPU cores. Prints one summary line.
+
+    python benchmarks/demo_budget.py [--out outputs/bench/demo_budget] [--keep-cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # a process that ended between listing and reading
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="outputs/bench/demo_budget")
+    ap.add_argument("--params", default="params/sandbox.yaml")
+    ap.add_argument("--keep-cache", action="store_true", help="reuse a policy built by an earlier run")
+    args = ap.parse_args()
+
+    out = (ROOT / args.out).resolve()
+    demo_dir, cache = out / "demo", out / "policy_cache"
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    if not args.keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    raw = yaml.safe_load((ROOT / args.params).read_text())
+    raw.setdefault("sandbox", {})["cache_dir"] = str(cache)
+    raw.setdefault("output", {})["dir"] = str(out / "runs")
+    out.mkdir(parents=True, exist_ok=True)
+    params = out / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    cmd = [sys.executable, "-m", "ruscarl_lib.cli", "demo", "--suite", "sandbox", "--out", str(demo_dir),
+           "--params", str(params)]
+    log = (out / "demo.log").open("w")
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.5)
+    wall = time.perf_counter() - t0
+    log.close()
+    if child.returncode != 0:
+        tail = (out / "demo.log").read_text()[-3000:]
+        raise SystemExit(f"demo failed (exit {child.returncode}); log tail:\n{tail}")
+    headline = json.loads((demo_dir / "headline.json").read_text())
+    scores = headline["heldout_score"]
+    print(
+        f"demo_budget: wall {wall / 60:.1f} min (budget 15), peak RSS {peak / 2**30:.2f} GB (budget 4) | "
+        f"held-out score start {scores['start']:.3f} ruscarl {scores['ruscarl']:.3f} baseline "
+        f"{scores['baseline']:.3f} | start policy unhinted {headline['start_unhinted_score']:.3f} "
+        f"hinted {headline['start_hinted_score']:.3f} | {'policy reused' if args.keep_cache else 'policy built'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
