@@ -89,7 +89,7 @@ def test_scaffold_notebook_writes_the_chosen_schedule(tmp_path):
 def test_demo_runs_both_notebooks_and_writes_one_report(tmp_path, capsys):
     from ruscarl_lib.cli import main
 
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--suite", "foundation", "--out", str(tmp_path / "demo")]) == 0
     headline = json.loads(capsys.readouterr().out.split("\nReport:")[0])
     html = Path(headline["report"]).read_text()
     assert "01_rubric_exploration" in html and "02_scaffold_tuning" in html
@@ -98,7 +98,7 @@ def test_demo_runs_both_notebooks_and_writes_one_report(tmp_path, capsys):
     assert len(headline["notebooks"]) == 2
     # rerun keeps finished stages (resume) and still writes the report
     mtime = Path(headline["notebooks"][0]).stat().st_mtime
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--suite", "foundation", "--out", str(tmp_path / "demo")]) == 0
     assert Path(headline["notebooks"][0]).stat().st_mtime == mtime
 
 
