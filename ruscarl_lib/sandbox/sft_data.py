@@ -8,15 +8,18 @@ teach exactly those two behaviours and nothing about the world's answers:
   listed conditions at random, so copying hints is learnt but the world's condition -> advice
   mapping is not (its correlation with the question is at chance level);
 - the questions use condition combinations of the training side of the split only;
-- an answer has one line per condition the user lists: first "you need to <advice>" for every
-  advice a shown criterion names (in random order), then "also , <generic tip>" for the rest.
-  Unhinted answers are therefore plausible, sized to the question, and uninformed.
+- an answer has one line per condition the user lists, headed by its name in the user's order
+  ("for diabetes: ..."); the first lines carry "you need to <advice>" for every advice a shown
+  criterion names (in random order), the rest a generic tip. Unhinted answers are therefore
+  plausible, attentive to the question, and uninformed.
 
-What we tried first and dropped: lines keyed to the conditions ("for diabetes: <advice>"). It
-makes the hint a look-up by condition name, which a two-layer model only learns once an
-induction circuit forms; in a five-epoch SFT that happened for one policy seed out of four.
-Copying "some shown advice not yet written" needs no such circuit and was learnt on every seed
-we tried.
+Why hinted advice fills the first lines rather than the line of its own condition: putting
+each advice on its condition's line makes following a hint a look-up by condition name, which
+a two-layer model only learns once an induction circuit forms; in a five-epoch SFT that
+happened for one policy seed out of four. Copying "the next shown advice" needs no such circuit
+and was learnt on every seed we tried (hinted held-out score 0.64-0.70, default world). The headings still
+matter for RL: under the clean prompt, "for diabetes:" followed by its advice is a pattern
+reward can reinforce directly, so RuscaRL learns the mapping within a few hundred steps.
 
 Scaffolds are rendered with `scaffold.render_scaffold`, the same renderer the trainer uses, and
 the shown criteria are drawn like the trainer draws them (a uniform share of the rubric).
