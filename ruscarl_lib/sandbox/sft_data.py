@@ -16,8 +16,9 @@ teach exactly those two behaviours and nothing about the world's answers:
 Why hinted advice fills the first lines rather than the line of its own condition: putting
 each advice on its condition's line makes following a hint a look-up by condition name, which
 a two-layer model only learns once an induction circuit forms; in a five-epoch SFT that
-happened for one policy seed out of four. Copying "the next shown advice" needs no such circuit
-and was learnt on every seed we tried (hinted held-out score 0.64-0.70, default world). The headings still
+happened in one warm start out of five (seed 0 did; seed 1, a wider model, 10 epochs and 1-4
+conditions per question did not). Copying "the next shown advice" needs no such circuit and
+was learnt by both policy seeds tried (hinted held-out score 0.64-0.70, default world). The headings still
 matter for RL: under the clean prompt, "for diabetes:" followed by its advice is a pattern
 reward can reinforce directly, so RuscaRL learns the mapping within a few hundred steps.
 
