@@ -18,7 +18,7 @@ each advice on its condition's line makes following a hint a look-up by conditio
 a two-layer model only learns once an induction circuit forms; in a five-epoch SFT that
 happened in one warm start out of five (seed 0 did; seed 1, a wider model, 10 epochs and 1-4
 conditions per question did not). Copying "the next shown advice" needs no such circuit and
-was learnt by both policy seeds tried (hinted held-out score 0.64-0.70, default world). The headings still
+was learnt by both policy seeds tried (seed 0: hinted held-out score 0.64-0.70). The headings still
 matter for RL: under the clean prompt, "for diabetes:" followed by its advice is a pattern
 reward can reinforce directly, so RuscaRL learns the mapping within a few hundred steps.
 
