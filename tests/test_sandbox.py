@@ -72,10 +72,11 @@ def test_knobs_shape_the_tasks():
 
 
 def test_heldout_combinations_are_unseen_in_training():
-    w = build_world(n_train=400, n_heldout=100)
-    train, held = set(w.combos("train")), set(w.combos("heldout"))
-    assert held and train and not (train & held)
-    assert all(w.is_heldout_combo(c) for c in held) and not any(w.is_heldout_combo(c) for c in train)
+    w = build_world(n_train=400, n_heldout=100, n_validation=60)
+    train, held, val = set(w.combos("train")), set(w.combos("heldout")), set(w.combos("validation"))
+    assert held and train and val and not (train & held) and not (train & val) and not (val & held)
+    assert all(w.is_heldout_combo(c) for c in held) and not any(w.is_heldout_combo(c) for c in train | val)
+    assert all(w.combo_split(c) == "validation" for c in val)
     # every condition is learnable from training tasks
     assert {k for combo in train for k in combo} == {c.key for c in w.conditions}
     # the warm-start data never uses held-out combinations either
@@ -84,7 +85,7 @@ def test_heldout_combinations_are_unseen_in_training():
     for row in rows:
         user = row["prompt"][-1]["content"]
         combo = tuple(sorted(k for k, s in keys.items() if f". {s} ." in f". {user}"))
-        assert not w.is_heldout_combo(combo)
+        assert w.combo_split(combo) == "train"
 
 
 def test_sft_hints_carry_no_world_answers():

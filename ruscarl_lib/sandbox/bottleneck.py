@@ -83,7 +83,7 @@ def bottleneck_report(
 
     `policy` is a `SandboxPolicy` (or anything with `.model` and `.tokenizer`).
     """
-    examples = {"train": world.train, "heldout": world.heldout}[split]
+    examples = world.split(split)
     if n_tasks is not None:
         examples = examples[:n_tasks]
     tables = []

@@ -1,15 +1,19 @@
 """RuscaRL against the plain rubric-GRPO baseline on the sandbox, over several training seeds.
 
-Why: one demo run is one draw. The issue's target ("RuscaRL beats the baseline by at least
-0.25 on the held-out split, for each of 3 seeds") needs the same pipeline repeated with only
-the seed changed: one prepared world and warm start, then for every seed both arms trained
+Why: one demo run is one draw. A learning-effect claim needs the same pipeline repeated with
+only the seed changed: one prepared world and warm start, then for every seed both arms trained
 through `training.run_training` (identical params except `scaffold.enabled`) and evaluated
-unscaffolded through `evaluation.run_evaluation`, exactly as notebooks 03 and 04 do. Each
-(seed, arm) result is saved as it finishes, so an interrupted comparison resumes.
+unscaffolded through `evaluation.run_evaluation`, exactly as notebooks 03 and 04 do.
+
+Results are evaluated on one split: `validation` while choosing hyperparameters, `heldout`
+for reporting. Each (seed, arm) result is saved as it finishes together with a digest of
+the params that produced it, and reused only while that digest is unchanged: a rerun on
+another world, recipe or split recomputes instead of returning the old numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -21,37 +25,78 @@ import pandas as pd
 
 from ..params import Params
 from ..paths import atomic_write_text, resolve_path
-from .prepare import prepare_sandbox
+from .prepare import SandboxFiles, prepare_sandbox
 
-__all__ = ["ARMS", "compare_arms", "comparison_summary"]
+__all__ = ["ARMS", "SPLITS", "compare_arms", "comparison_summary", "params_digest"]
 
 ARMS = {"ruscarl": True, "baseline": False}  # arm name -> scaffold.enabled
+SPLITS = ("validation", "heldout")
 _RESULT = "result.json"
 
 
-def _run_arm(params: Params, seed: int, arm: str, root: Path, progress: bool) -> dict[str, Any]:
+def params_digest(params: Params, **extra: Any) -> str:
+    """Digest of everything that changes a sandbox result. File paths count by their name only
+    (the prepared files' content follows from the `sandbox` section, and the warm start's
+    folder name is its own content key), so the same comparison under another root matches."""
+    tree = params.model_dump(mode="json")
+    for section, key in (("data", "path"), ("train", "model"), ("eval", "data_path"), ("eval", "adapter"),
+                         ("output", "dir"), ("sandbox", "cache_dir"), ("judge", "cache_path")):
+        value = tree.get(section, {}).get(key)
+        if value:
+            tree[section][key] = Path(str(value)).name
+    from .. import __version__
+
+    payload = json.dumps({"params": tree, "extra": extra, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
+
+
+def _cached(path: Path, digest: str) -> dict[str, Any] | None:
+    if path.is_file():
+        row = json.loads(path.read_text())
+        if row.get("digest") == digest:
+            return row
+    return None
+
+
+def _evaluate(params: Params, out: Path, progress: bool) -> dict[str, Any]:
     from ..evaluation import run_evaluation
+
+    shutil.rmtree(out, ignore_errors=True)  # never resume an evaluation of other weights
+    report = run_evaluation(params, out, progress=progress)
+    scores = pd.read_parquet(out / "scores.parquet")["score"].dropna()
+    return {"score": report.score, "std": report.std,
+            "score_unclipped": round(float(scores.mean()), 4) if len(scores) else None,
+            "n_responses": report.n_responses}
+
+
+def _eval_params(files: SandboxFiles, split: str) -> Params:
+    p = files.params.model_copy(deep=True)
+    p.eval.data_path = str({"heldout": files.heldout_path, "validation": files.validation_path}[split])
+    return p
+
+
+def _run_arm(files: SandboxFiles, seed: int, arm: str, root: Path, split: str, progress: bool) -> dict[str, Any]:
     from ..training import run_training
 
-    folder = root / f"seed{seed}" / arm
-    done = folder / _RESULT
-    if done.is_file():
-        return json.loads(done.read_text())
-    shutil.rmtree(folder, ignore_errors=True)  # a half-finished arm is redone from scratch
-    p = params.model_copy(deep=True)
+    p = _eval_params(files, split)
     p.seed = seed
     p.scaffold.seed = seed
     p.scaffold.enabled = ARMS[arm]
+    folder = root / f"seed{seed}" / arm
     p.output.dir = str(folder)
     p.output.run_name = "run"
+    digest = params_digest(p, arm=arm, split=split)
+    row = _cached(folder / _RESULT, digest)
+    if row is not None:
+        return row
+    shutil.rmtree(folder, ignore_errors=True)  # stale or half-finished: redone from scratch
     t0 = time.perf_counter()
     result = run_training(p)
     seconds = time.perf_counter() - t0
     p.eval.adapter = str(result.adapter_dir)
-    report = run_evaluation(p, folder / "eval", progress=progress)
-    row = {"seed": seed, "arm": arm, "heldout_score": report.score, "heldout_std": report.std,
-           "n_responses": report.n_responses, "train_seconds": round(seconds, 1)}
-    atomic_write_text(done, json.dumps(row, indent=2))
+    row = {"seed": seed, "arm": arm, "split": split, **_evaluate(p, folder / "eval", progress),
+           "train_seconds": round(seconds, 1), "digest": digest}
+    atomic_write_text(folder / _RESULT, json.dumps(row, indent=2))
     return row
 
 
@@ -60,41 +105,56 @@ def compare_arms(
     seeds: Sequence[int],
     out_dir: str | Path,
     *,
+    split: str = "heldout",
+    arms: Sequence[str] = tuple(ARMS),
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train and evaluate both arms for every seed; one row per (seed, arm), plus the starting
-    policy's held-out score (unhinted) as arm `start` (seed-independent, evaluated once)."""
-    from ..evaluation import run_evaluation
-
+    """Train and evaluate the arms (both by default) for every seed; one row per (seed, arm),
+    plus the starting policy's score (unhinted) as arm `start` (seed-independent, evaluated
+    once). Columns: seed, arm, split, score (clipped mean, the HealthBench number), std,
+    score_unclipped. Tuning may train only `ruscarl`: the baseline does not depend on the
+    scaffold settings being tuned."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; known: {sorted(ARMS)}")
     root = resolve_path(out_dir)
     files = prepare_sandbox(params, root / "sandbox")
-    rows = []
-    start = root / "start" / _RESULT
-    if not start.is_file():
-        report = run_evaluation(files.params, root / "start" / "eval", progress=progress)
-        atomic_write_text(start, json.dumps({"seed": None, "arm": "start", "heldout_score": report.score,
-                                             "heldout_std": report.std, "n_responses": report.n_responses,
-                                             "train_seconds": 0.0}, indent=2))
-    rows.append(json.loads(start.read_text()))
+    start_params = _eval_params(files, split)
+    digest = params_digest(start_params, arm="start", split=split)
+    start_file = root / "start" / f"{split}_{_RESULT}"
+    start = _cached(start_file, digest)
+    if start is None:
+        start = {"seed": None, "arm": "start", "split": split,
+                 **_evaluate(start_params, root / "start" / f"eval_{split}", progress),
+                 "train_seconds": 0.0, "digest": digest}
+        atomic_write_text(start_file, json.dumps(start, indent=2))
+    rows = [start]
     for seed in seeds:
-        for arm in ARMS:
-            rows.append(_run_arm(files.params, int(seed), arm, root, progress))
+        for arm in arms:
+            rows.append(_run_arm(files, int(seed), arm, root, split, progress))
     return pd.DataFrame(rows)
 
 
 def comparison_summary(table: pd.DataFrame) -> dict[str, Any]:
-    """Per-seed gaps (RuscaRL minus baseline), their mean and spread, and the arms' means."""
-    wide = table[table["arm"].isin(list(ARMS))].pivot(index="seed", columns="arm", values="heldout_score")
+    """Per-seed gaps (RuscaRL minus baseline), their mean and spread, and the arms' means
+    (clipped, and unclipped next to it)."""
+    arms = table[table["arm"].isin(list(ARMS))]
+    wide = arms.pivot(index="seed", columns="arm", values="score")
     gaps = (wide["ruscarl"] - wide["baseline"]).tolist()
     out: dict[str, Any] = {
+        "split": str(table["split"].iloc[0]),
         "seeds": [int(s) for s in wide.index],
         "gap_per_seed": [round(g, 4) for g in gaps],
         "gap_mean": round(statistics.fmean(gaps), 4),
         "gap_min": round(min(gaps), 4),
         "gap_sd": round(statistics.stdev(gaps), 4) if len(gaps) > 1 else 0.0,
     }
+    unclipped = arms.pivot(index="seed", columns="arm", values="score_unclipped")
     for arm in ARMS:
         out[f"{arm}_mean"] = round(float(wide[arm].mean()), 4)
-    start = table[table["arm"] == "start"]["heldout_score"]
-    out["start_score"] = round(float(start.iloc[0]), 4) if len(start) else None
+        out[f"{arm}_unclipped_mean"] = round(float(unclipped[arm].mean()), 4)
+    start = table[table["arm"] == "start"]
+    out["start_score"] = round(float(start["score"].iloc[0]), 4) if len(start) else None
     return out

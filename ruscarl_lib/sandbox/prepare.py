@@ -24,6 +24,7 @@ class SandboxFiles:
     policy: SandboxPolicy
     train_path: Path
     heldout_path: Path
+    validation_path: Path
     params_path: Path
     params: Params
 
@@ -45,7 +46,8 @@ def policy_config(params: Params) -> PolicyConfig:
 
 
 def prepare_sandbox(params: Params, out_dir: str | Path) -> SandboxFiles:
-    """Write `train.jsonl`, `heldout.jsonl` and `sandbox_params.yaml` under `out_dir`; ensure the policy.
+    """Write `train.jsonl`, `validation.jsonl`, `heldout.jsonl` and `sandbox_params.yaml` under
+    `out_dir`; ensure the policy.
 
     The written params train on the training split with the rule judge and evaluate on the
     held-out split (unseen condition combinations). The policy is cached by its config under
@@ -56,6 +58,7 @@ def prepare_sandbox(params: Params, out_dir: str | Path) -> SandboxFiles:
     policy = ensure_policy(world, policy_config(params), root=params.sandbox.cache_dir)
     train_path = write_jsonl(world.train, out / "train.jsonl")
     heldout_path = write_jsonl(world.heldout, out / "heldout.jsonl")
+    validation_path = write_jsonl(world.validation, out / "validation.jsonl")
     ready = params.model_copy(deep=True)
     ready.data.path = str(train_path)
     ready.data.format = "ruscarl_jsonl"
@@ -64,4 +67,4 @@ def prepare_sandbox(params: Params, out_dir: str | Path) -> SandboxFiles:
     ready.eval.data_path = str(heldout_path)
     ready.judge.kind = "rule"
     params_path = save_params(ready, out / "sandbox_params.yaml")
-    return SandboxFiles(world, policy, train_path, heldout_path, params_path, ready)
+    return SandboxFiles(world, policy, train_path, heldout_path, validation_path, params_path, ready)

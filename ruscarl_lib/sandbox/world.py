@@ -9,7 +9,9 @@ criterion). All criteria are tagged for rule verifiers (contains-phrase), so the
 judge grades them without any model.
 
 The held-out split uses condition combinations that never occur in training, so a policy can
-only score there by learning the condition -> advice mapping, not by memorising tasks.
+only score there by learning the condition -> advice mapping, not by memorising tasks. A third,
+validation split uses combinations disjoint from both: hyperparameters are chosen on it, and
+the held-out split is only reported.
 """
 
 from __future__ import annotations
@@ -238,6 +240,8 @@ class WorldConfig:
       right one earns, so it keeps exploring, while reciting every advice still scores below 0.
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
+    validation_share: share reserved for the validation split (tuning), disjoint from both
+      training and held-out combinations.
     """
 
     n_conditions: int = 16
@@ -248,6 +252,8 @@ class WorldConfig:
     n_train: int = 256
     n_heldout: int = 64
     heldout_share: float = 0.25
+    n_validation: int = 32
+    validation_share: float = 0.15
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -261,8 +267,10 @@ class WorldConfig:
             raise ValueError(f"n_distractors must lie in [0, {len(DISTRACTORS)}]")
         if not 0.0 < self.heldout_share < 1.0:
             raise ValueError("heldout_share must lie in (0, 1)")
-        if self.n_train < 1 or self.n_heldout < 1:
-            raise ValueError("n_train and n_heldout must be >= 1")
+        if not 0.0 < self.validation_share < 1.0 - self.heldout_share:
+            raise ValueError("validation_share must lie in (0, 1 - heldout_share)")
+        if self.n_train < 1 or self.n_heldout < 1 or self.n_validation < 1:
+            raise ValueError("n_train, n_heldout and n_validation must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,6 +318,7 @@ class World:
     conditions: list[Condition]
     train: list[RubricExample] = field(default_factory=list)
     heldout: list[RubricExample] = field(default_factory=list)
+    validation: list[RubricExample] = field(default_factory=list)
 
     remedies: tuple[str, ...] = REMEDIES
     generic_tips: tuple[str, ...] = GENERIC_TIPS
@@ -319,20 +328,33 @@ class World:
 
     # -- splits --------------------------------------------------------------------------------
 
-    def is_heldout_combo(self, keys: tuple[str, ...] | list[str]) -> bool:
-        """Whether a combination of conditions belongs to the held-out split.
+    def combo_split(self, keys: tuple[str, ...] | list[str]) -> str:
+        """Which split (`train`, `validation` or `heldout`) a combination of conditions belongs to.
 
         Decided by a digest of the sorted keys, so membership needs no enumeration of all
-        combinations and does not depend on which tasks happened to be drawn.
+        combinations and does not depend on which tasks happened to be drawn. The held-out
+        side is the same one a world without a validation split would have.
         """
         key = "\x1f".join([str(self.config.seed), *sorted(keys)])
-        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-        return h / 2**64 < self.config.heldout_share
+        u = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+        if u < self.config.heldout_share:
+            return "heldout"
+        if u < self.config.heldout_share + self.config.validation_share:
+            return "validation"
+        return "train"
+
+    def is_heldout_combo(self, keys: tuple[str, ...] | list[str]) -> bool:
+        return self.combo_split(keys) == "heldout"
+
+    def split(self, name: str) -> list[RubricExample]:
+        splits = {"train": self.train, "validation": self.validation, "heldout": self.heldout}
+        if name not in splits:
+            raise ValueError(f"unknown split {name!r}; known: {sorted(splits)}")
+        return splits[name]
 
     def combos(self, split: str) -> list[tuple[str, ...]]:
         """Distinct condition combinations (sorted keys) used by the tasks of a split."""
-        examples = {"train": self.train, "heldout": self.heldout}[split]
-        return sorted({tuple(sorted(ex.extra["conditions"])) for ex in examples})
+        return sorted({tuple(sorted(ex.extra["conditions"])) for ex in self.split(split)})
 
     def condition(self, key: str) -> Condition:
         return self._by_key[key]
@@ -381,28 +403,28 @@ class World:
             extra={"conditions": [c.key for c in conditions], "split": split},
         )
 
-    def draw_combo(self, rng: np.random.Generator, heldout: bool) -> list[Condition]:
-        """A random combination of conditions from the requested side of the split."""
+    def draw_combo(self, rng: np.random.Generator, split: str) -> list[Condition]:
+        """A random combination of conditions from the requested split."""
         k = self.config.conditions_per_task
         for _ in range(10_000):
             idx = rng.choice(len(self.conditions), size=k, replace=False)
             picked = [self.conditions[i] for i in idx]
-            if self.is_heldout_combo([c.key for c in picked]) == heldout:
+            if self.combo_split([c.key for c in picked]) == split:
                 return picked
-        raise RuntimeError("could not draw a combination for this split; change heldout_share")
+        raise RuntimeError(f"could not draw a {split} combination; change heldout_share / validation_share")
 
     def draw_training_conditions(self, rng: np.random.Generator, k: int) -> list[Condition]:
         """`k` distinct conditions, in random order, none of whose `conditions_per_task`-sized
         subsets is a held-out combination (so warm-start questions never show one)."""
         per_task = self.config.conditions_per_task
         if k == per_task:
-            picked = self.draw_combo(rng, heldout=False)
+            picked = self.draw_combo(rng, "train")
             return [picked[i] for i in rng.permutation(len(picked))]
         for _ in range(10_000):
             idx = rng.choice(len(self.conditions), size=k, replace=False)
             picked = [self.conditions[i] for i in idx]
             subsets = itertools.combinations([c.key for c in picked], per_task) if k > per_task else ()
-            if not any(self.is_heldout_combo(s) for s in subsets):
+            if all(self.combo_split(s) == "train" for s in subsets):
                 return picked
         raise RuntimeError(f"could not draw {k} conditions free of held-out combinations")
 
@@ -444,13 +466,18 @@ def build_world(config: WorldConfig | None = None, **overrides: Any) -> World:
     _check_split_coverage(world)
     rng_train = np.random.default_rng([config.seed, 2])
     rng_held = np.random.default_rng([config.seed, 3])
+    rng_val = np.random.default_rng([config.seed, 4])
     world.train = [
-        world.make_task(world.draw_combo(rng_train, False), rng_train, f"sandbox-train-{i:05d}", "train")
+        world.make_task(world.draw_combo(rng_train, "train"), rng_train, f"sandbox-train-{i:05d}", "train")
         for i in range(config.n_train)
     ]
     world.heldout = [
-        world.make_task(world.draw_combo(rng_held, True), rng_held, f"sandbox-heldout-{i:05d}", "heldout")
+        world.make_task(world.draw_combo(rng_held, "heldout"), rng_held, f"sandbox-heldout-{i:05d}", "heldout")
         for i in range(config.n_heldout)
+    ]
+    world.validation = [
+        world.make_task(world.draw_combo(rng_val, "validation"), rng_val, f"sandbox-validation-{i:05d}", "validation")
+        for i in range(config.n_validation)
     ]
     return world
 
@@ -465,10 +492,12 @@ def _check_split_coverage(world: World) -> None:
     if n_total > 200_000:
         return  # too many to enumerate; with this many combinations both sides are populated
     combos = list(itertools.combinations(keys, k))
-    held = [world.is_heldout_combo(c) for c in combos]
-    if all(held) or not any(held):
-        raise ValueError("heldout_share leaves one split without combinations; change seed or share")
-    covered = {key for c, h in zip(combos, held) if not h for key in c}
+    sides = [world.combo_split(c) for c in combos]
+    empty = sorted({"train", "validation", "heldout"} - set(sides))
+    if empty:
+        raise ValueError(f"heldout_share / validation_share leave the {empty} split(s) without "
+                         "combinations; change the seed or the shares")
+    covered = {key for c, side in zip(combos, sides) if side == "train" for key in c}
     missing = sorted(set(keys) - covered)
     if missing:
         raise ValueError(f"conditions {missing} occur only in held-out combinations")

@@ -1,0 +1,334 @@
+"""How much a sandbox learning effect depends on the machine, the seed and the world.
+
+Why: RL trajectories on CPU change with the float kernels and the thread count (a different
+summation order flips a sampled token, and the run diverges from there). A claim such as
+"RuscaRL beats plain rubric GRPO by 0.2 on held-out" is only worth asserting if it holds over
+that spread, so the threshold of the CI test and every number in the README come from a
+distribution measured here, not from one draw.
+
+A *cell* is one (configuration, world seed, training seed, torch threads, kernel setting).
+Each cell runs in its own process, because the kernel setting is read by torch, MKL and
+oneDNN when they load (`ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`, `ONEDNN_MAX_CPU_ISA`).
+The warm start is rebuilt per (world, threads, kernel setting), as a machine of that kind
+would build its own. Both arms of the cell train from that warm start with the same seed
+(`compare.compare_arms`) and are evaluated without scaffolds. A cell's result is stored with a
+digest of everything that produced it and reused only while that digest is unchanged.
+
+A collapse is called by a stated rule on the RuscaRL arm's per-step curves (rollout table):
+after smoothing over `COLLAPSE_SMOOTH` steps, the mean completion length or the mean reward
+falls below half of its value at most `COLLAPSE_WITHIN` steps earlier, and is still below half
+of it `COLLAPSE_RECOVERY` steps later (or at the end of the run). The reward rule only applies
+once the smoothed reward has reached `COLLAPSE_REWARD_FLOOR`, so a curve near zero cannot
+"collapse" by noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..paths import atomic_write_text, resolve_path
+
+__all__ = [
+    "CONFIGS",
+    "KERNELS",
+    "Cell",
+    "cell_params",
+    "detect_collapse",
+    "run_cells",
+    "summarize",
+]
+
+# Kernel settings a CPU can run at. `avx2` caps ATen's dispatch and the MKL / oneDNN matrix
+# kernels at AVX2, which is what a machine without AVX-512 runs.
+KERNELS: dict[str, dict[str, str]] = {
+    "default": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+# Named configurations: dotted overrides of the params file (params/sandbox.yaml).
+# `ci` is what tests/test_demo_sandbox.py runs; `default` is the demo's configuration.
+CI_OVERRIDES: dict[str, Any] = {
+    "sandbox.world.n_conditions": 8,
+    "sandbox.world.n_train": 64,
+    "sandbox.world.n_heldout": 16,
+    "sandbox.world.n_validation": 16,
+    "sandbox.policy": {"epochs": 4, "sft": {"n_examples": 3000}},
+    "train.max_steps": 150,
+    "train.save_steps": 75,
+    "schedule_view.total_steps": 150,
+}
+CONFIGS: dict[str, dict[str, Any]] = {"ci": CI_OVERRIDES, "default": {}}
+
+COLLAPSE_SMOOTH = 10
+COLLAPSE_WITHIN = 25
+COLLAPSE_RECOVERY = 50
+COLLAPSE_REWARD_FLOOR = 0.1
+_RESULT = "cell.json"
+_FORMAT = 1  # bump when what a cell computes changes
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: str
+    world_seed: int | None  # None: the params file's own world seed
+    seed: int
+    threads: int
+    kernel: str
+
+    @property
+    def name(self) -> str:
+        world = "w-" if self.world_seed is None else f"w{self.world_seed}"
+        return f"{self.config}_{world}_s{self.seed}_t{self.threads}_{self.kernel}"
+
+    @property
+    def policy_group(self) -> str:
+        """Cells sharing a warm start (same config, world, threads and kernels)."""
+        world = "w-" if self.world_seed is None else f"w{self.world_seed}"
+        return f"{self.config}_{world}_t{self.threads}_{self.kernel}"
+
+
+def cell_params(cell: Cell, params_file: str | Path, extra: dict[str, Any] | None = None):
+    """The validated params of a cell: the file, the configuration's overrides, the world
+    seed, then `extra` (a tuning value, say)."""
+    from ..params import load_params
+
+    if cell.config not in CONFIGS:
+        raise ValueError(f"unknown configuration {cell.config!r}; known: {sorted(CONFIGS)}")
+    if cell.kernel not in KERNELS:
+        raise ValueError(f"unknown kernel setting {cell.kernel!r}; known: {sorted(KERNELS)}")
+    overrides = dict(CONFIGS[cell.config])
+    if cell.world_seed is not None:
+        overrides["sandbox.world.seed"] = cell.world_seed
+    overrides.update(extra or {})
+    return load_params(params_file, overrides)
+
+
+def cell_digest(cell: Cell, params: Any, split: str) -> str:
+    from .. import __version__
+
+    payload = {"cell": asdict(cell), "params": params.model_dump(mode="json"), "split": split,
+               "env": KERNELS[cell.kernel], "format": _FORMAT, "version": __version__}
+    payload["params"].get("sandbox", {}).pop("cache_dir", None)
+    payload["params"].get("output", {}).pop("dir", None)
+    return hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Collapse rule
+# --------------------------------------------------------------------------------------------
+
+
+def _smooth(values: Sequence[float]) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return x
+    kernel = np.ones(min(COLLAPSE_SMOOTH, len(x))) / min(COLLAPSE_SMOOTH, len(x))
+    return np.convolve(x, kernel, mode="valid")
+
+
+def _first_collapse(series: Sequence[float], floor: float) -> int | None:
+    """Index (in the smoothed series) where the collapse rule first fires, else None."""
+    x = _smooth(series)
+    for t in range(1, len(x)):
+        window = x[max(0, t - COLLAPSE_WITHIN) : t]
+        peak = float(window.max())
+        if peak < floor or x[t] >= 0.5 * peak:
+            continue
+        later = x[min(len(x) - 1, t + COLLAPSE_RECOVERY)]
+        if later < 0.5 * peak:
+            return t
+    return None
+
+
+def detect_collapse(steps: Any) -> dict[str, Any]:
+    """Apply the module's collapse rule to a per-step table (`analysis.step_stats` columns
+    `rl_step`, `reward_mean`, `completion_tokens_mean`)."""
+    steps = steps.sort_values("rl_step")
+    out: dict[str, Any] = {"collapsed": False, "collapse_step": None, "collapse_signal": None}
+    for signal, column, floor in (("length", "completion_tokens_mean", 2.0),
+                                  ("reward", "reward_mean", COLLAPSE_REWARD_FLOOR)):
+        if column not in steps:
+            continue
+        at = _first_collapse(steps[column].fillna(0.0).tolist(), floor)
+        if at is not None:
+            step = int(steps["rl_step"].iloc[at + min(COLLAPSE_SMOOTH, len(steps)) - 1])
+            if out["collapse_step"] is None or step < out["collapse_step"]:
+                out.update(collapsed=True, collapse_step=step, collapse_signal=signal)
+    return out
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """Zero-variance share, reward and length at start and end, and the collapse verdict."""
+    from ..analysis import load_run, step_stats
+
+    steps = step_stats([load_run(run_dir)])
+    if steps.empty:
+        return {"collapsed": None}
+    tail = steps.tail(max(1, len(steps) // 10))
+    head = steps.head(max(1, len(steps) // 10))
+    out = detect_collapse(steps)
+    out.update(
+        zero_var_frac=round(float(steps["zero_var_frac"].mean()), 4) if "zero_var_frac" in steps else None,
+        reward_first=round(float(head["reward_mean"].mean()), 4),
+        reward_last=round(float(tail["reward_mean"].mean()), 4),
+        length_first=round(float(head["completion_tokens_mean"].mean()), 2),
+        length_last=round(float(tail["completion_tokens_mean"].mean()), 2),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running cells
+# --------------------------------------------------------------------------------------------
+
+
+def _cell_env(cell: Cell) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")}
+    env.update(KERNELS[cell.kernel])
+    threads = str(cell.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TRL_EXPERIMENTAL_SILENCE="1",
+               TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cell_here(cell: Cell, params_file: str, root: Path, split: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell in this process (the kernel settings must already be in the environment)."""
+    import torch
+
+    from .compare import compare_arms
+
+    torch.set_num_threads(cell.threads)
+    params = cell_params(cell, params_file, extra)
+    params.sandbox.cache_dir = str(root / "policies" / cell.policy_group)
+    folder = root / "cells" / cell.name
+    t0 = time.perf_counter()
+    table = compare_arms(params, [cell.seed], folder, progress=False, split=split)
+    by_arm = {r["arm"]: r for r in table.to_dict("records")}
+    result: dict[str, Any] = {**asdict(cell), "split": split, "extra": extra,
+                              "capability": torch.backends.cpu.get_cpu_capability()}
+    for arm in ("start", "ruscarl", "baseline"):
+        r = by_arm[arm]
+        result[arm] = r["score"]
+        result[f"{arm}_unclipped"] = r.get("score_unclipped")
+    result["gap"] = round(result["ruscarl"] - result["baseline"], 4)
+    for arm in ("ruscarl", "baseline"):
+        result[f"{arm}_run"] = run_summary(folder / f"seed{cell.seed}" / arm / "run")
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _run_in_subprocess(cell: Cell, params_file: str, root: Path, split: str, extra: dict[str, Any],
+                       digest: str) -> dict[str, Any]:
+    folder = root / "cells" / cell.name
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = json.dumps({"cell": asdict(cell), "params_file": params_file, "root": str(root),
+                       "split": split, "extra": extra})
+    log = folder / "log.txt"
+    with log.open("w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "ruscarl_lib.sandbox.robustness", spec],
+                              env=_cell_env(cell), stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    result = json.loads((folder / "result.tmp.json").read_text())
+    result["digest"] = digest
+    atomic_write_text(folder / _RESULT, json.dumps(result, indent=2))
+    return result
+
+
+def load_cell(root: Path, cell: Cell, digest: str) -> dict[str, Any] | None:
+    path = root / "cells" / cell.name / _RESULT
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("digest") == digest:
+            return result
+    return None
+
+
+def run_cells(
+    cells: Iterable[Cell],
+    params_file: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "heldout",
+    extra: dict[str, Any] | None = None,
+    jobs: int = 1,
+    echo=print,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell; cells sharing a warm start run one after another, groups
+    run `jobs` at a time. A finished cell is reused only while its digest is unchanged."""
+    root = resolve_path(out_dir)
+    params_file = str(resolve_path(params_file))
+    extra = dict(extra or {})
+    cells = list(cells)
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.policy_group, []).append(cell)
+    results: dict[Cell, dict[str, Any]] = {}
+    done = [0]
+
+    def run_group(members: list[Cell]) -> None:
+        for cell in members:
+            digest = cell_digest(cell, cell_params(cell, params_file, extra), split)
+            result = load_cell(root, cell, digest)
+            how = "reused"
+            if result is None:
+                result = _run_in_subprocess(cell, params_file, root, split, extra, digest)
+                how = f"{result['seconds']:.0f}s"
+            results[cell] = result
+            done[0] += 1
+            echo(f"[robustness] {done[0]}/{len(cells)} {cell.name}: ruscarl {result['ruscarl']:.3f} "
+                 f"baseline {result['baseline']:.3f} gap {result['gap']:+.3f} "
+                 f"collapse {result['ruscarl_run'].get('collapsed')} ({how})")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(run_group, g) for g in groups.values()]:
+            future.result()
+    return [results[c] for c in cells]
+
+
+def summarize(results: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """min / median / max of the gap, share of cells at or above `threshold`, collapses."""
+    gaps = [r["gap"] for r in results]
+    collapses = [r["name"] if "name" in r else Cell(r["config"], r["world_seed"], r["seed"], r["threads"], r["kernel"]).name
+                 for r in results if r["ruscarl_run"].get("collapsed")]
+    return {
+        "n": len(gaps),
+        "gap_min": round(min(gaps), 4) if gaps else None,
+        "gap_median": round(statistics.median(gaps), 4) if gaps else None,
+        "gap_max": round(max(gaps), 4) if gaps else None,
+        "threshold": threshold,
+        "frac_clear": round(sum(g >= threshold for g in gaps) / len(gaps), 4) if gaps else None,
+        "collapses": collapses,
+        "ruscarl_median": round(statistics.median(r["ruscarl"] for r in results), 4) if gaps else None,
+        "baseline_max": round(max(r["baseline"] for r in results), 4) if gaps else None,
+        "baseline_unclipped_median": (round(statistics.median(r["baseline_unclipped"] for r in results), 4)
+                                      if gaps and all(r.get("baseline_unclipped") is not None for r in results) else None),
+        "baseline_zero_var_median": (round(statistics.median(r["baseline_run"]["zero_var_frac"] for r in results), 4)
+                                     if gaps and all(r["baseline_run"].get("zero_var_frac") is not None for r in results) else None),
+    }
+
+
+def _main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    cell = Cell(**spec["cell"])
+    root = Path(spec["root"])
+    result = run_cell_here(cell, spec["params_file"], root, spec["split"], spec["extra"])
+    atomic_write_text(root / "cells" / cell.name / "result.tmp.json", json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
