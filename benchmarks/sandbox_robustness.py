@@ -66,7 +66,8 @@ def main() -> None:
         f"{100 * summary['frac_clear']:.0f}% >= {args.threshold} | ruscarl median {summary['ruscarl_median']:.3f}, "
         f"baseline max {summary['baseline_max']:.3f} (unclipped median {summary['baseline_unclipped_median']}, "
         f"zero-variance groups median {summary['baseline_zero_var_median']}) | collapses {len(summary['collapses'])}"
-        f"{' ' + str(summary['collapses']) if summary['collapses'] else ''} | {summary['wall_s']:.0f}s"
+        f"{' ' + str(summary['collapses']) if summary['collapses'] else ''}, runaways {len(summary['runaways'])}"
+        f"{' ' + str(summary['runaways']) if summary['runaways'] else ''} | {summary['wall_s']:.0f}s"
     )
 
 

@@ -19,7 +19,9 @@ after smoothing over `COLLAPSE_SMOOTH` steps, the mean completion length or the 
 falls below half of its value at most `COLLAPSE_WITHIN` steps earlier, and is still below half
 of it `COLLAPSE_RECOVERY` steps later (or at the end of the run). The reward rule only applies
 once the smoothed reward has reached `COLLAPSE_REWARD_FLOOR`, so a curve near zero cannot
-"collapse" by noise.
+"collapse" by noise. The opposite degeneration is reported too: a *runaway* run is one where,
+over the last tenth of training, more than `RUNAWAY_TRUNCATED` of the rollouts hit the
+completion-length cap (seen in the sandbox as the same advice line repeated until the cap).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ COLLAPSE_SMOOTH = 10
 COLLAPSE_WITHIN = 25
 COLLAPSE_RECOVERY = 50
 COLLAPSE_REWARD_FLOOR = 0.1
+RUNAWAY_TRUNCATED = 0.5
 _RESULT = "cell.json"
 _FORMAT = 1  # bump when what a cell computes changes
 
@@ -171,9 +174,11 @@ def detect_collapse(steps: Any) -> dict[str, Any]:
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """Zero-variance share, reward and length at start and end, and the collapse verdict."""
+
     from ..analysis import load_run, step_stats
 
-    steps = step_stats([load_run(run_dir)])
+    run = load_run(run_dir)
+    steps = step_stats([run])
     if steps.empty:
         return {"collapsed": None}
     tail = steps.tail(max(1, len(steps) // 10))
@@ -186,6 +191,11 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         length_first=round(float(head["completion_tokens_mean"].mean()), 2),
         length_last=round(float(tail["completion_tokens_mean"].mean()), 2),
     )
+    cap = (run.params or {}).get("train", {}).get("max_completion_length")
+    if cap and "completion_tokens" in run.rollouts:
+        last = run.rollouts[run.rollouts["rl_step"] > steps["rl_step"].max() * 0.9]
+        share = float((last["completion_tokens"] >= int(cap)).mean()) if len(last) else 0.0
+        out.update(truncated_last=round(share, 4), runaway=share > RUNAWAY_TRUNCATED)
     return out
 
 
@@ -292,7 +302,7 @@ def run_cells(
             done[0] += 1
             echo(f"[robustness] {done[0]}/{len(cells)} {cell.name}: ruscarl {result['ruscarl']:.3f} "
                  f"baseline {result['baseline']:.3f} gap {result['gap']:+.3f} "
-                 f"collapse {result['ruscarl_run'].get('collapsed')} ({how})")
+                 f"collapse {result['ruscarl_run'].get('collapsed')} runaway {result['ruscarl_run'].get('runaway')} ({how})")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(run_group, g) for g in groups.values()]:
@@ -303,8 +313,11 @@ def run_cells(
 def summarize(results: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """min / median / max of the gap, share of cells at or above `threshold`, collapses."""
     gaps = [r["gap"] for r in results]
-    collapses = [r["name"] if "name" in r else Cell(r["config"], r["world_seed"], r["seed"], r["threads"], r["kernel"]).name
-                 for r in results if r["ruscarl_run"].get("collapsed")]
+    def name(r: dict[str, Any]) -> str:
+        return Cell(r["config"], r["world_seed"], r["seed"], r["threads"], r["kernel"]).name
+
+    collapses = [name(r) for r in results if r["ruscarl_run"].get("collapsed")]
+    runaways = [name(r) for r in results if r["ruscarl_run"].get("runaway")]
     return {
         "n": len(gaps),
         "gap_min": round(min(gaps), 4) if gaps else None,
@@ -313,6 +326,7 @@ def summarize(results: Sequence[dict[str, Any]], threshold: float) -> dict[str, 
         "threshold": threshold,
         "frac_clear": round(sum(g >= threshold for g in gaps) / len(gaps), 4) if gaps else None,
         "collapses": collapses,
+        "runaways": runaways,
         "ruscarl_median": round(statistics.median(r["ruscarl"] for r in results), 4) if gaps else None,
         "baseline_max": round(max(r["baseline"] for r in results), 4) if gaps else None,
         "baseline_unclipped_median": (round(statistics.median(r["baseline_unclipped"] for r in results), 4)
