@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--world", default="default", help="world seed; 'default' keeps the file's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2,...")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every value tried")
     ap.add_argument("--out", default="outputs/bench/sandbox_tuning")
     args = ap.parse_args()
 
@@ -45,15 +46,16 @@ def main() -> None:
         key, values = item.split("=", 1)
         for raw in values.split(","):
             value = yaml.safe_load(raw)
-            params = cell_params(base, args.params, {key: value})
+            fixed = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+            params = cell_params(base, args.params, {**fixed, key: value})
             params.sandbox.cache_dir = str(root / "policies")
             folder = root / f"{key}={raw}"
             table = compare_arms(params, args.seeds, folder, split="validation", arms=("ruscarl",), progress=False)
             for r in table.to_dict("records"):
                 if r["arm"] == "ruscarl":
-                    rows.append({"key": key, "value": raw, "seed": r["seed"], "validation_score": round(r["score"], 4),
+                    rows.append({"key": key, "value": raw, "seed": int(r["seed"]), "validation_score": round(r["score"], 4),
                                  "validation_unclipped": r["score_unclipped"]})
-                    print(f"[tuning] {key}={raw} seed {r['seed']}: validation {r['score']:.3f}", file=sys.stderr, flush=True)
+                    print(f"[tuning] {key}={raw} seed {int(r['seed'])}: validation {r['score']:.3f}", file=sys.stderr, flush=True)
     frame = pd.DataFrame(rows)
     root.mkdir(parents=True, exist_ok=True)
     frame.to_csv(root / "tuning.csv", index=False)

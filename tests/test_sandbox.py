@@ -22,11 +22,11 @@ from ruscarl_lib.sandbox import (
 )
 from ruscarl_lib.sandbox.policy import POLICY_FORMAT
 from ruscarl_lib.sandbox.sft_data import answer_text
-from ruscarl_lib.sandbox.world import OFFTOPIC_TIERS, is_offtopic
+from ruscarl_lib.sandbox.world import OFFTOPIC_TIERS, is_offtopic, is_repeat
 from ruscarl_lib.scaffold import render_scaffold
 
 # A world and model small enough to warm-start in a few seconds on one core.
-TINY_WORLD = WorldConfig(n_conditions=6, conditions_per_task=2, n_distractors=0, n_train=24, n_heldout=8, heldout_share=0.3, seed=3)
+TINY_WORLD = WorldConfig(n_conditions=6, conditions_per_task=2, n_distractors=0, n_train=24, n_heldout=8, n_validation=8, heldout_share=0.3, validation_share=0.25, seed=3)
 TINY_POLICY = PolicyConfig(
     hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, epochs=3, batch_size=16, learning_rate=5e-3,
     sft=SFTDataConfig(n_examples=240, unhinted_share=0.5),
@@ -61,13 +61,15 @@ def test_knobs_shape_the_tasks():
     for ex in w.train + w.heldout:
         assert len(ex.extra["conditions"]) == 3
         assert sum(c.points > 0 for c in ex.rubric) == 3
-        assert all(c.points < 0 for c in ex.rubric[3:]) and len(ex.rubric) >= 3 + 1 + len(OFFTOPIC_TIERS)
-        assert all(is_offtopic(c) for c in ex.rubric[-len(OFFTOPIC_TIERS):])
+        assert all(c.points < 0 for c in ex.rubric[3:]) and len(ex.rubric) >= 3 + 1 + len(OFFTOPIC_TIERS) + 1
+        assert all(is_offtopic(c) for c in ex.rubric[-len(OFFTOPIC_TIERS) - 1 : -1])
+        assert is_repeat(ex.rubric[-1])
         assert ex.messages[-1]["content"].count(" . ") == 1 + 3 + 2  # age, conditions, distractors
-        for c in ex.rubric:
+        for c in ex.rubric[:-1]:
             assert c.tag_value("verifier") == "rule" and c.tag_value("function") == "contains"
             assert c.tag_value("axis") in ("completeness", "accuracy", "context_awareness")
-    plain = build_world(negatives=False, offtopic_points=0, n_train=5, n_heldout=5)
+        assert ex.rubric[-1].tag_value("function") == "regex"
+    plain = build_world(negatives=False, offtopic_points=0, repeat_points=0, n_train=5, n_heldout=5)
     assert all(c.points > 0 for ex in plain.train for c in ex.rubric)
 
 
@@ -199,3 +201,21 @@ def test_warm_started_policy_prefers_hinted_advice(tmp_path):
             - completion_logprob(policy.model, policy.tokenizer, ex.messages, answer)
         )
     assert min(gains) > 2.0, gains
+
+
+def test_repeating_an_advice_is_penalised():
+    """Repeating a correct advice line until the length cap must not be free (it was, and RL ran away)."""
+    w = build_world(n_train=4, n_heldout=2, n_validation=2)
+    ex = w.train[0]
+    conds = [w.condition(k) for k in ex.extra["conditions"]]
+    once = " ".join(f"for {c.name}: you need to {c.advice} ." for c in conds)
+    twice = once + f" for {conds[0].name}: you need to {conds[0].advice} ."
+    assert grade_response(ex, once)["score"] == pytest.approx(1.0)
+    repeat = ex.rubric[-1]
+    total = sum(c.points for c in ex.rubric if c.points > 0)
+    assert grade_response(ex, twice)["score"] == pytest.approx(1.0 + repeat.points / total)
+    # the warm start's answers never repeat an advice
+    rows = sft_conversations(w, SFTDataConfig(n_examples=300))
+    from ruscarl_lib.judges.rules import check_rule
+
+    assert not any(check_rule(repeat, r["completion"][0]["content"]).met for r in rows)

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Bump when the SFT data, tokenizer or model layout change in a way the configs do not show.
-POLICY_FORMAT = 2
+POLICY_FORMAT = 3  # 3: validation split and the repeat criterion
 UNK_TOKEN = "<unk>"
 DEFAULT_ROOT = "outputs/sandbox"
 _DONE_FILE = "sandbox_policy.json"

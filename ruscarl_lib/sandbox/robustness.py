@@ -17,7 +17,9 @@ digest of everything that produced it and reused only while that digest is uncha
 A collapse is called by a stated rule on the RuscaRL arm's per-step curves (rollout table):
 after smoothing over `COLLAPSE_SMOOTH` steps, the mean completion length or the mean reward
 falls below half of its value at most `COLLAPSE_WITHIN` steps earlier, and is still below half
-of it `COLLAPSE_RECOVERY` steps later (or at the end of the run). The reward rule only applies
+of it `COLLAPSE_RECOVERY` steps later (or at the end of the run). The reward is that of the
+rollouts shown no scaffold (sample G-1 of every group has none), so the planned withdrawal of
+the scaffold is not mistaken for a collapse. The reward rule only applies
 once the smoothed reward has reached `COLLAPSE_REWARD_FLOOR`, so a curve near zero cannot
 "collapse" by noise. The opposite degeneration is reported too: a *runaway* run is one where,
 over the last tenth of training, more than `RUNAWAY_TRUNCATED` of the rollouts hit the
@@ -157,11 +159,12 @@ def _first_collapse(series: Sequence[float], floor: float) -> int | None:
 
 def detect_collapse(steps: Any) -> dict[str, Any]:
     """Apply the module's collapse rule to a per-step table (`analysis.step_stats` columns
-    `rl_step`, `reward_mean`, `completion_tokens_mean`)."""
+    `rl_step`, `completion_tokens_mean` and `reward_unscaffolded`, else `reward_mean`)."""
     steps = steps.sort_values("rl_step")
     out: dict[str, Any] = {"collapsed": False, "collapse_step": None, "collapse_signal": None}
+    reward = "reward_unscaffolded" if "reward_unscaffolded" in steps else "reward_mean"
     for signal, column, floor in (("length", "completion_tokens_mean", 2.0),
-                                  ("reward", "reward_mean", COLLAPSE_REWARD_FLOOR)):
+                                  ("reward", reward, COLLAPSE_REWARD_FLOOR)):
         if column not in steps:
             continue
         at = _first_collapse(steps[column].fillna(0.0).tolist(), floor)
@@ -181,6 +184,9 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     steps = step_stats([run])
     if steps.empty:
         return {"collapsed": None}
+    if "n_shown" in run.rollouts:
+        bare = run.rollouts[run.rollouts["n_shown"] == 0].groupby("rl_step")["reward"].mean()
+        steps = steps.merge(bare.rename("reward_unscaffolded"), left_on="rl_step", right_index=True, how="left")
     tail = steps.tail(max(1, len(steps) // 10))
     head = steps.head(max(1, len(steps) // 10))
     out = detect_collapse(steps)

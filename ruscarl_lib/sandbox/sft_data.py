@@ -35,7 +35,7 @@ import numpy as np
 
 from ..rubric import Criterion
 from ..scaffold import render_scaffold
-from .world import Condition, World, is_offtopic, offtopic_criteria, rule_phrase
+from .world import Condition, World, is_offtopic, is_repeat, offtopic_criteria, repeat_criterion, rule_phrase
 
 __all__ = ["SFTDataConfig", "decoy_rubric", "answer_text", "sft_conversations", "OPENINGS"]
 
@@ -88,6 +88,8 @@ def decoy_rubric(world: World, conditions: list[Condition], rng: np.random.Gener
         used = {d.advice for d in decoys}
         others = [c.advice for c in world.conditions if c.advice not in used]
         rubric += offtopic_criteria(others, world.config.offtopic_points)
+    if world.config.repeat_points:
+        rubric.append(repeat_criterion([c.advice for c in world.conditions], world.config.repeat_points))
     return rubric
 
 
@@ -101,7 +103,7 @@ def answer_text(
     """The answer a hint-follower without world knowledge gives: every shown advice, generic
     tips for the remaining conditions, never a remedy a shown criterion rules out."""
     hinted = {c.tag_value("cluster"): rule_phrase(c) for c in shown if c.points > 0}
-    avoid = {rule_phrase(c) for c in shown if c.points < 0 and not is_offtopic(c)}
+    avoid = {rule_phrase(c) for c in shown if c.points < 0 and not (is_offtopic(c) or is_repeat(c))}
     parts = [OPENINGS[int(rng.integers(len(OPENINGS)))]]
     tips = rng.permutation(len(world.generic_tips))
     given = [hinted[k] for k in rng.permutation(sorted(hinted))]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -36,6 +37,8 @@ __all__ = [
     "RULE_FUNCTION",
     "OFFTOPIC_TIERS",
     "is_offtopic",
+    "repeat_criterion",
+    "is_repeat",
     "offtopic_criteria",
 ]
 
@@ -75,6 +78,24 @@ def offtopic_criteria(advice: Sequence[str], points: float) -> list[Criterion]:
                   "axis:context_awareness", OFFTOPIC_CLUSTER),
         ))
     return out
+
+
+REPEAT_CLUSTER = "cluster:sandbox_repeat"
+
+
+def repeat_criterion(advice: Sequence[str], points: float) -> Criterion:
+    """A negative criterion met when any piece of advice occurs twice (a regex backreference)."""
+    alternatives = "|".join(re.escape(a) for a in sorted(advice, key=len, reverse=True))
+    params = json.dumps({"pattern": f"({alternatives}).*\\1", "flags": "is"})
+    return Criterion(
+        text="The response repeats a piece of advice it already gave.",
+        points=-abs(float(points)),
+        tags=("verifier:rule", "function:regex", f"parameters:{params}", "axis:communication_quality", REPEAT_CLUSTER),
+    )
+
+
+def is_repeat(criterion: Criterion) -> bool:
+    return REPEAT_CLUSTER in criterion.tags
 
 
 def is_offtopic(criterion: Criterion) -> bool:
@@ -238,6 +259,11 @@ class WorldConfig:
       pieces of advice cost 1, 2 and 4 units in total); 0 leaves them out. At 5 per unit
       RuscaRL's policy learnt to write no advice at all; at 2 a wrong guess costs less than a
       right one earns, so it keeps exploring, while reciting every advice still scores below 0.
+    repeat_points: size of the negative criterion against giving the same advice twice; 0
+      leaves it out. Why it exists: without it, repeating a correct advice line until the
+      length cap costs nothing, and RuscaRL runs on the CI world ran away into exactly that
+      (in 5 of 8 runs measured, over 65% of the last rollouts hit the cap), which also
+      spreads wrong advice on unseen condition pairs. The warm-start answers never repeat.
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
     validation_share: share reserved for the validation split (tuning), disjoint from both
@@ -248,6 +274,7 @@ class WorldConfig:
     conditions_per_task: int = 2
     negatives: bool = True
     offtopic_points: int = 2
+    repeat_points: int = 3
     n_distractors: int = 1
     n_train: int = 256
     n_heldout: int = 64
@@ -263,6 +290,8 @@ class WorldConfig:
             raise ValueError("conditions_per_task must lie in [1, n_conditions)")
         if self.offtopic_points < 0:
             raise ValueError("offtopic_points must be >= 0 (it is the size of a penalty)")
+        if self.repeat_points < 0:
+            raise ValueError("repeat_points must be >= 0 (it is the size of a penalty)")
         if not 0 <= self.n_distractors <= len(DISTRACTORS):
             raise ValueError(f"n_distractors must lie in [0, {len(DISTRACTORS)}]")
         if not 0.0 < self.heldout_share < 1.0:
@@ -389,6 +418,8 @@ class World:
             present = {c.key for c in conditions}
             others = [c.advice for c in self.conditions if c.key not in present]
             rubric += offtopic_criteria(others, self.config.offtopic_points)
+        if self.config.repeat_points:
+            rubric.append(repeat_criterion([c.advice for c in self.conditions], self.config.repeat_points))
         return rubric
 
     def make_task(self, conditions: list[Condition], rng: np.random.Generator, task_id: str, split: str) -> RubricExample:
