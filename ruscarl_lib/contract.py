@@ -140,7 +140,7 @@ class ContractProbeMixin:
         )
         self.gen_calls.append(
             {
-                "training": self.model.training,
+                "training": self.training_rollout(),
                 "prompt_ids": [tuple(p) for p in prompt_ids],
                 "completion_ids": [tuple(c) for c in completion_ids],
             }
@@ -150,7 +150,7 @@ class ContractProbeMixin:
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         rows = logp_rows(input_ids, attention_mask, logits_to_keep)
         self.logp_calls.append(
-            {"training": self.model.training, "grad": torch.is_grad_enabled(), "rows": rows}
+            {"training": self.training_rollout(), "grad": torch.is_grad_enabled(), "rows": rows}
         )
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
@@ -158,7 +158,7 @@ class ContractProbeMixin:
 
     def _scaffolded_rollout(self, prompts):
         out = super()._scaffolded_rollout(prompts)
-        if self.model.training:
+        if self.training_rollout():
             self.rounds.append(
                 {
                     "clean_prompts": [list(p) for p in prompts],

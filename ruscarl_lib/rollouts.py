@@ -307,6 +307,7 @@ class ScaffoldedGRPOMixin:
         self._rows: list[dict[str, Any]] | None = None
         self._plans: list[RolloutPlan] | None = None
         self._capture: dict[str, Any] | None = None
+        self._round_training = False
         self._contract: RuntimeContract | None = None
         self.contract_report: dict[str, Any] | None = None  # the first RL step's live check
 
@@ -349,8 +350,17 @@ class ScaffoldedGRPOMixin:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def training_rollout(self) -> bool:
+        """Whether the current work belongs to training (not evaluation). Inside a generation
+        round it is the model's mode when the round began: a backend may switch the model to
+        inference mode for generation (Unsloth's `for_inference`) and back afterwards."""
+        if self._rows is not None:
+            return self._round_training
+        return bool(self.model.training)
+
     def _generate_and_score_completions(self, inputs):
-        training = self.model.training
+        training = bool(self.model.training)
+        self._round_training = training
         if training:
             self._contract_next_step()
         self._rows = inputs
@@ -418,7 +428,7 @@ class ScaffoldedGRPOMixin:
 
     def _scaffolded_rollout(self, prompts: list) -> dict[str, Any]:
         """The rollout_func: generate from scaffolded prompts, return the clean prompt ids."""
-        if not self.model.training:
+        if not self.training_rollout():
             # Evaluation: the clean prompt, TRL's own grouping (never scaffolded).
             ids, images, mm = self._tokenize_prompts(prompts)
             completion_ids, logprobs = self._generate_single_turn(
@@ -497,7 +507,7 @@ class ScaffoldedGRPOMixin:
             self.contract_report = contract.finish()
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        if self._contract is not None and self.model.training:
+        if self._contract is not None and self.training_rollout():
             self._contract.observe(input_ids, attention_mask, logits_to_keep, grad=torch.is_grad_enabled())
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs

@@ -106,6 +106,12 @@ def _torch_dtype(tp: TrainParams):
     return torch.float32
 
 
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
 def lora_config(tp: TrainParams):
     """The PEFT LoRA config both backends share."""
     from peft import LoraConfig
@@ -197,6 +203,11 @@ def _load_transformers(tp: TrainParams) -> Policy:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=tp.gradient_checkpointing
         )
+    if kwargs["dtype"] == torch_float32():
+        # The marker Unsloth's loader sets for an explicit float32 request: were this model
+        # trained by Unsloth's trainer (the forced-Unsloth CPU lane), it keeps float32 instead
+        # of switching to fp16 mixed precision. Nothing else reads it.
+        model._unsloth_user_float32 = True
     tokenizer = load_tokenizer(tp.model, padding_side="left")
     peft_config = lora_config(tp) if tp.finetune == "lora" else None
     return Policy(model=model, tokenizer=tokenizer, peft_config=peft_config, backend="transformers")
