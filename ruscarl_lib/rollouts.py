@@ -588,9 +588,10 @@ _TRAINER_CLS: dict[tuple[type, type], type] = {}
 
 
 def grpo_base_of(trainer_cls: type) -> type:
-    """The GRPOTrainer class a scaffolded trainer class was built on."""
+    """The GRPOTrainer class a scaffolded trainer class was built on (any other trainer class:
+    itself)."""
     mro = trainer_cls.__mro__
-    return mro[mro.index(ScaffoldedGRPOMixin) + 1]
+    return mro[mro.index(ScaffoldedGRPOMixin) + 1] if ScaffoldedGRPOMixin in mro else trainer_cls
 
 
 def scaffolded_trainer_class(base: type | None = None, extra: type | None = None) -> type:

@@ -10,6 +10,8 @@ a failed patch only as a log warning. So after the trainer is built, and before 
 - `check_geometry`: prompts per step x G and updates per step are the params' (both geometries
   side by side otherwise);
 - `check_effective_args`: every algorithm setting we passed is what the trainer holds;
+- `check_trainable`: a LoRA run trains LoRA weights only (Unsloth's trainer ignores
+  `peft_config`, which would silently train the whole model);
 - `trainer_record`: what was built (classes, MRO, effective `args`) for the run folder;
 - `unsloth_failures_as_errors`: Unsloth's "patch may have failed" warnings raise instead.
 Both backends go through the same checks, so both train the same algorithm.
@@ -108,6 +110,20 @@ def check_geometry(trainer: Any, tp: TrainParams, world_size: int) -> dict[str, 
             want, got, want.keys(),
         ))
     return got
+
+
+def check_trainable(model: Any, finetune: str) -> dict[str, int]:
+    """`lora`: some parameters train and all of them are LoRA weights; `full`: none is LoRA."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    lora = [n for n in names if "lora_" in n]
+    if finetune == "lora" and (not lora or len(lora) != len(names)):
+        raise TrainerMismatch(
+            f"train.finetune is lora, but the trainer's model trains {len(names)} tensors of which "
+            f"{len(lora)} are LoRA weights (was peft_config ignored by the trainer?)"
+        )
+    if finetune == "full" and lora:
+        raise TrainerMismatch("train.finetune is full, but the trainer's model has LoRA weights")
+    return {"trainable_tensors": len(names), "lora_tensors": len(lora)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -456,14 +456,38 @@ def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool)
     return last
 
 
+def attach_lora_for(trainer_cls: type, policy: Policy, *, seed: int) -> Policy:
+    """Unsloth's rewritten trainer skips TRL's PEFT block (it expects `FastLanguageModel.
+    get_peft_model` to have run), so a `peft_config` handed to it is silently ignored and the
+    whole model would train. Over such a base, apply the LoRA here, seeded, before the trainer."""
+    from .rollouts import grpo_base_of
+    from .trainer_checks import is_unsloth_class
+
+    if policy.peft_config is None or not is_unsloth_class(grpo_base_of(trainer_cls)):
+        return policy
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    set_seed(seed)
+    model = get_peft_model(policy.model, policy.peft_config)
+    return Policy(model=model, tokenizer=policy.tokenizer, peft_config=None, backend=policy.backend)
+
+
 def check_built_trainer(trainer: Any, params: Params, backend: str, run_dir: Path, *, world_size: int) -> None:
     """Before training: the right base class, the params' geometry and algorithm settings;
     then record the trainer (classes and effective args) in the run folder's trainer.json."""
     from .rollouts import grpo_base_of
-    from .trainer_checks import check_base_class, check_effective_args, check_geometry, trainer_record
+    from .trainer_checks import (
+        check_base_class,
+        check_effective_args,
+        check_geometry,
+        check_trainable,
+        trainer_record,
+    )
 
     check_base_class(grpo_base_of(type(trainer)), backend, gpu=_cuda_available())
     check_geometry(trainer, params.train, world_size)
+    check_trainable(trainer.model, params.train.finetune)
     requested = grpo_config_kwargs(params, run_dir, backend=backend, world_size=world_size)
     requested["vllm_importance_sampling_correction"] = False  # forced off by the trainer
     check_effective_args(trainer.args, requested)
@@ -530,6 +554,7 @@ def run_training(
             s(rl_step, records)
 
     trainer_cls = resolve_trainer_class(trainer_cls)  # over trl.GRPOTrainer as it is now
+    policy = attach_lora_for(trainer_cls, policy, seed=seed)
     with unsloth_failures_as_errors():
         trainer = trainer_cls(
             model=policy.model,

@@ -205,6 +205,43 @@ def test_run_stops_when_the_built_trainer_changed_the_algorithm(model_dir, tmp_p
                      trainer_cls=_ChangesEpsilonHigh)
 
 
+class _TrainsTheWholeModel:
+    """What Unsloth's trainer does with a `peft_config` it ignores: every weight trains."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+
+def test_run_stops_when_a_lora_run_would_train_the_whole_model(model_dir, tmp_path):
+    from ruscarl_lib.trainer_checks import TrainerMismatch
+
+    params = toy_params(model_dir, tmp_path, "full", max_steps=1)
+    with pytest.raises(TrainerMismatch, match="LoRA weights"):
+        run_training(params, train_examples=make_examples(4), reward_funcs=[keyword_reward],
+                     trainer_cls=_TrainsTheWholeModel)
+
+
+def test_lora_is_attached_before_a_trainer_that_ignores_peft_config(model_dir):
+    """Over Unsloth's class, run_training applies the LoRA itself (seeded, reproducible)."""
+    from trl import GRPOTrainer
+
+    from ruscarl_lib.rollouts import scaffolded_trainer_class
+    from ruscarl_lib.training import attach_lora_for, load_policy
+
+    tp = toy_params(model_dir, model_dir.parent, "x").train
+    stock_cls = scaffolded_trainer_class()
+    policy = load_policy(tp, seed=0, backend="transformers")
+    assert attach_lora_for(stock_cls, policy, seed=0) is policy  # TRL applies peft_config itself
+    unsloth_like = scaffolded_trainer_class(_wrapping(GRPOTrainer, "UnslothGRPOTrainer"))
+    a = attach_lora_for(unsloth_like, policy, seed=0)
+    b = attach_lora_for(unsloth_like, load_policy(tp, seed=0, backend="transformers"), seed=0)
+    assert a.peft_config is None and hasattr(a.model, "peft_config")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert any("lora_" in k for k in sa) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # --------------------------------------------------------------------------------------------
 # Run-time contract and the run folder's record
 # --------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def main(out: Path) -> dict:
     from ruscarl_lib.rollouts import to_train_dataset
     from ruscarl_lib.tiny_model import save_tiny_model
     from ruscarl_lib.toy_task import keyword_reward, make_examples, toy_params
-    from ruscarl_lib.training import build_grpo_config, load_policy, run_training
+    from ruscarl_lib.training import attach_lora_for, build_grpo_config, load_policy, run_training
     from ruscarl_lib.trainer_checks import is_unsloth_class
 
     base = trl.GRPOTrainer
@@ -105,7 +105,8 @@ def main(out: Path) -> dict:
             self.gen_calls.append(([tuple(p) for p in prompt_ids], [tuple(c) for c in got[0]]))
             return got
 
-    policy = load_policy(off_params.train, seed=0, backend="transformers")
+    # the same start as ours: the LoRA applied as run_training applies it over Unsloth's class
+    policy = attach_lora_for(StockProbe, load_policy(off_params.train, seed=0, backend="transformers"), seed=0)
     stock = StockProbe(model=policy.model, reward_funcs=[keyword_reward],
                        args=build_grpo_config(off_params, out / "stock", world_size=1),
                        train_dataset=to_train_dataset(examples), processing_class=policy.tokenizer,
