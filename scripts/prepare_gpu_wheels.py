@@ -39,6 +39,7 @@ PACKAGES: list[tuple[str, str]] = [
     ("pyarrow==22.0.0", "pyarrow"),
     ("pandas==2.3.3", "pandas"),
     ("python-dateutil==2.9.0.post0", "dateutil"),
+    ("six==1.17.0", "six"),  # python-dateutil 2.x imports it
     ("pytz==2025.2", "pytz"),
     ("tzdata==2025.2", "tzdata"),
     ("dill==0.4.1", "dill"),
