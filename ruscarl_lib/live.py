@@ -4,6 +4,10 @@
 rollout sink (it receives every RL step's rollouts), so one object feeds the notebook's view.
 In JupyterLab it redraws inside an ipywidgets Output; under papermill (no live frontend) it
 prints group tables into the cell output as they come and draws the curves once at the end.
+
+No transformers import here: the training notebook imports this module before the backend is
+known, and Unsloth must be imported before transformers. `LiveTraining` is therefore a
+duck-typed TrainerCallback: the events it does not handle are no-ops.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from transformers import TrainerCallback
 
 from ruscarl_lib.params import Params
 from ruscarl_lib.rubric import RubricExample
@@ -26,6 +29,10 @@ LIVE_CURVES = (
     ("scaffold/ratio_mean", "mean scaffold ratio"),
     ("scaffold/criteria_shown_mean", "criteria shown"),
 )
+
+
+def _no_event(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def first_group_prompts(example: RubricExample, params: Params) -> pd.DataFrame:
@@ -65,8 +72,15 @@ def curves_figure(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-class LiveTraining(TrainerCallback):
+class LiveTraining:
     """Collects logs and rollouts; shows curves and a group table every `table_every` steps."""
+
+    def __getattr__(self, name: str):
+        # every other TrainerCallback event (on_train_begin, on_step_end, ...) does nothing;
+        # transformers' CallbackHandler calls `getattr(callback, event)(args, state, control, ...)`
+        if name.startswith("on_"):
+            return _no_event
+        raise AttributeError(name)
 
     def __init__(self, table_every: int = 5, interactive: bool | None = None) -> None:
         self.table_every = max(1, table_every)

@@ -1,9 +1,15 @@
 """What every notebook does first: read params, apply its parameters-cell overrides, make its
-output folder. Keeps the notebooks' first cells to one line each.
+output folder, and import Unsloth when the run's backend resolves to it. Keeps the notebooks'
+first cells to one line each.
+
+Unsloth patches TRL, transformers and PEFT when imported and must come before them; the
+notebooks' import cells only import modules that do not load those (tests/test_import_order.py
+checks it), so this is the first place where the backend is known and nothing is late yet.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,12 @@ def notebook_setup(
     out = resolve_path(output_dir if output_dir else Path(params.output.dir) / params.output.run_name)
     out.mkdir(parents=True, exist_ok=True)
     save_params(params, out / "params.yaml")
+    from ruscarl_lib.training import BackendUnavailable, prepare_backend
+
+    try:
+        prepare_backend(params.train)  # imports unsloth now when the backend resolves to it
+    except BackendUnavailable as err:  # only training needs it; run_training raises it again
+        logging.getLogger(__name__).warning("%s", err)
     return params, out
 
 

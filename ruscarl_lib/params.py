@@ -186,6 +186,10 @@ class TrainParams(_Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    optim: str = Field(
+        "adamw_torch_fused",
+        description="transformers optimizer name; explicit so Unsloth's adamw_8bit default never applies.",
+    )
     kl_coef: float = Field(1e-3, ge=0, description="beta; TRL's KL is the k3 estimator.")
     epsilon: float = Field(0.2, gt=0, description="Lower (and default upper) clip range.")
     epsilon_high: float | None = Field(None, gt=0)

@@ -16,6 +16,13 @@ global batch that rewards are grouped over, so the group position of local row i
 
 With scaffolds disabled every ratio is 0, no criterion is shown, generation and loss see the
 same clean prompt, and the trainer is plain rubric GRPO through the same code path.
+
+The trainer class is built at run time (`scaffolded_trainer_class`) over whatever
+`trl.GRPOTrainer` is *then*: on a GPU `import unsloth` rebinds it to a generated
+`UnslothGRPOTrainer`, and a subclass made at import time would silently keep TRL's class and
+lose every Unsloth patch. The overrides below live in a base-less mixin and stay thin wrappers
+around `super()`, so they sit on top of Unsloth's rewritten methods as well as TRL's. Nothing
+here imports TRL at module level, for the same reason.
 """
 
 from __future__ import annotations
@@ -29,12 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import trl
 from accelerate.utils import gather_object
 from packaging.version import Version
-from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
 
+from .contract import RuntimeContract
 from .params import ScaffoldParams
 from .rubric import Criterion, RubricExample
 from .scaffold import ScaffoldSchedule, scaffold_example
@@ -65,29 +70,91 @@ _PRIVATE_API: dict[str, tuple[str, ...]] = {
 
 
 class TRLVersionError(RuntimeError):
-    """The installed TRL is not the version whose private trainer API this module relies on."""
+    """The trainer class in use does not have the private GRPOTrainer API this module relies on."""
 
 
-def check_trl_support(trainer_cls: type = GRPOTrainer) -> None:
-    """Fail loudly unless TRL is 1.15.x and the private members used here look as expected."""
+def _is_ours(klass: type) -> bool:
+    """Classes of this library that wrap the private API (their own signatures are not TRL's)."""
+    return bool(klass.__dict__.get("_ruscarl_wrapper", False))
+
+
+def _is_pass_through(sig: inspect.Signature) -> bool:
+    """`(self, *args, **kwargs)`: a wrapper that says nothing about the real parameters."""
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    return bool(params) and all(
+        p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in params
+    )
+
+
+def real_signature(trainer_cls: type, name: str) -> tuple[type, list[str]] | None:
+    """The class defining `name` with a real signature, and its parameter names (no `self`).
+
+    Walks the MRO of the class actually used, past this library's own overrides and past
+    `(*args, **kwargs)` wrappers such as Unsloth's (which do not use `functools.wraps`, so the
+    real signature sits further up). None when no class defines it with a real signature.
+    """
+    for klass in trainer_cls.__mro__:
+        if _is_ours(klass) or name not in klass.__dict__:
+            continue
+        member = klass.__dict__[name]
+        member = getattr(member, "__func__", member)  # staticmethod / classmethod
+        try:
+            sig = inspect.signature(member)  # follows __wrapped__ where a wrapper sets it
+        except (TypeError, ValueError):
+            continue
+        if _is_pass_through(sig):
+            continue
+        return klass, [p for p in sig.parameters if p != "self"]
+    return None
+
+
+def check_private_api(trainer_cls: type) -> None:
+    """Fail unless every private member used here exists on `trainer_cls` with the expected
+    leading parameters, and its `__init__` takes `rollout_func`."""
+    import trl
+
+    where = f"{trainer_cls.__module__}.{trainer_cls.__qualname__} (trl=={trl.__version__})"
+    found = real_signature(trainer_cls, "__init__")
+    if found is None or "rollout_func" not in found[1]:
+        owner = found[0].__qualname__ if found else "no class"
+        raise TRLVersionError(f"{where}: __init__ (defined by {owner}) has no `rollout_func` parameter")
+    for name, expected in _PRIVATE_API.items():
+        if getattr(trainer_cls, name, None) is None:
+            raise TRLVersionError(f"{where} lacks {name}")
+        found = real_signature(trainer_cls, name)
+        if found is None:
+            raise TRLVersionError(f"{where}: {name} is only defined through (*args, **kwargs) wrappers")
+        owner, params = found
+        if tuple(params[: len(expected)]) != expected:
+            raise TRLVersionError(
+                f"{where}: {owner.__qualname__}.{name} takes {params}, expected to start with "
+                f"{list(expected)}"
+            )
+
+
+def check_trl_support(trainer_cls: type | None = None) -> None:
+    """Fail loudly unless TRL is 1.15.x and the class used (default: the current
+    `trl.GRPOTrainer`) has the private members used here."""
+    import trl
+
     version = Version(trl.__version__)
     if f"{version.major}.{version.minor}" != SUPPORTED_TRL:
         raise TRLVersionError(
             f"ruscarl_lib's scaffolded GRPO trainer supports TRL {SUPPORTED_TRL}.x only (it relies "
             f"on private GRPOTrainer methods); found trl=={trl.__version__}. Install trl==1.15.0."
         )
-    if "rollout_func" not in inspect.signature(trainer_cls.__init__).parameters:
-        raise TRLVersionError(f"{trainer_cls.__name__}.__init__ has no `rollout_func` parameter")
-    for name, expected in _PRIVATE_API.items():
-        member = getattr(trainer_cls, name, None)
-        if member is None:
-            raise TRLVersionError(f"{trainer_cls.__name__} lacks {name} (trl=={trl.__version__})")
-        params = [p for p in inspect.signature(member).parameters if p != "self"]
-        if tuple(params[: len(expected)]) != expected:
-            raise TRLVersionError(
-                f"{trainer_cls.__name__}.{name} takes {params}, expected to start with "
-                f"{list(expected)} (trl=={trl.__version__})"
-            )
+    check_private_api(trainer_cls if trainer_cls is not None else current_grpo_trainer())
+
+
+def current_grpo_trainer() -> type:
+    """`trl.GRPOTrainer` as it is now (Unsloth's generated class once Unsloth has patched TRL)."""
+    import trl
+
+    return trl.GRPOTrainer
+
+
+def class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,23 +201,37 @@ def to_train_dataset(examples: Sequence[RubricExample]):
 # --------------------------------------------------------------------------------------------
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
+def _epoch_seeded_set_epoch(self, epoch: int) -> None:
+    if not self.shuffle:
+        return
+    seed = 0 if self.seed is None else int(self.seed)
+    if epoch:
+        digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
+        seed = int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+    self.generator.manual_seed(seed)
+
+
+_SAMPLER_CLS: dict[type, type] = {}
+
+
+def epoch_seeded_sampler_class(base: type | None = None) -> type:
     """TRL's RepeatSampler whose shuffle depends only on (seed, epoch).
 
     The stock sampler draws each epoch's permutation from one running generator, so a run
     resumed in a later epoch would see a different order than an uninterrupted one. Accelerate
     calls `set_epoch` on the sampler; reseeding there makes resumption exact. Epoch 0 uses
-    `seed` itself, so the first epoch matches stock TRL.
+    `seed` itself, so the first epoch matches stock TRL. Built on first use (no TRL import at
+    module level), over the class of the sampler TRL actually made.
     """
-
-    def set_epoch(self, epoch: int) -> None:
-        if not self.shuffle:
-            return
-        seed = 0 if self.seed is None else int(self.seed)
-        if epoch:
-            digest = hashlib.blake2b(f"{seed}/{epoch}".encode(), digest_size=8).digest()
-            seed = int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
-        self.generator.manual_seed(seed)
+    if base is None:
+        from trl.trainer.utils import RepeatSampler as base
+    if base not in _SAMPLER_CLS:
+        _SAMPLER_CLS[base] = type(
+            "EpochSeededRepeatSampler", (base,),
+            {"set_epoch": _epoch_seeded_set_epoch, "__module__": __name__,
+             "__doc__": epoch_seeded_sampler_class.__doc__},
+        )
+    return _SAMPLER_CLS[base]
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,20 +255,24 @@ class RolloutPlan:
 RolloutSink = Callable[[int, list[dict[str, Any]]], None]
 
 
-def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOTrainer") -> dict[str, Any]:
+def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOMixin") -> dict[str, Any]:
     return trainer._scaffolded_rollout(prompts)
 
 
-class ScaffoldedGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose training rollouts are generated from scaffolded prompts.
+class ScaffoldedGRPOMixin:
+    """The overrides that make a GRPOTrainer generate training rollouts from scaffolded prompts.
 
-    Extra arguments:
+    Not a trainer by itself: `scaffolded_trainer_class()` puts it on top of the GRPOTrainer in
+    use. Extra constructor arguments:
       scaffold: the `scaffold` params section (schedule, rendering, seed, `in_loss` ablation).
       total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
       rollout_sink: called on the main process once per RL step with the step number and the
         records of every rollout of that step (all processes gathered).
-    Evaluation rollouts are never scaffolded.
+    Evaluation rollouts are never scaffolded. The first RL step of every run is checked live
+    against the clean-prompt contract (`contract.RuntimeContract`); a violation stops training.
     """
+
+    _ruscarl_wrapper = True  # its signatures are ours; the API check looks past them
 
     def __init__(
         self,
@@ -197,7 +282,7 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
         rollout_sink: RolloutSink | None = None,
         **kwargs: Any,
     ) -> None:
-        check_trl_support(GRPOTrainer)
+        check_trl_support(type(self))
         install_logprob_fallback()
         if kwargs.get("rollout_func") is not None:
             raise ValueError("ScaffoldedGRPOTrainer provides its own rollout_func")
@@ -222,6 +307,9 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
         self._rows: list[dict[str, Any]] | None = None
         self._plans: list[RolloutPlan] | None = None
         self._capture: dict[str, Any] | None = None
+        self._round_training = False
+        self._contract: RuntimeContract | None = None
+        self.contract_report: dict[str, Any] | None = None  # the first RL step's live check
 
         ga = config.gradient_accumulation_steps
         spg = config.steps_per_generation
@@ -251,7 +339,8 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
 
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)
-        sampler.__class__ = EpochSeededRepeatSampler
+        if type(sampler) not in _SAMPLER_CLS.values():
+            sampler.__class__ = epoch_seeded_sampler_class(type(sampler))
         return sampler
 
     def _log_completion_extra(self, column: str, values: list) -> None:
@@ -261,14 +350,28 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
 
     # -- generation ----------------------------------------------------------------------------
 
+    def training_rollout(self) -> bool:
+        """Whether the current work belongs to training (not evaluation). Inside a generation
+        round it is the model's mode when the round began: a backend may switch the model to
+        inference mode for generation (Unsloth's `for_inference`) and back afterwards."""
+        if self._rows is not None:
+            return self._round_training
+        return bool(self.model.training)
+
     def _generate_and_score_completions(self, inputs):
-        training = self.model.training
+        training = bool(self.model.training)
+        self._round_training = training
+        if training:
+            self._contract_next_step()
         self._rows = inputs
         self._plans = None
         self._capture = {"extra": {}} if training else None
         try:
             output = super()._generate_and_score_completions(inputs)
             if training:
+                if self._contract is not None:
+                    # what TRL (or Unsloth's rewrite) hands the loss; fields read if present
+                    self._contract.check_handover(output.get("prompt_ids"), output.get("prompt_mask"))
                 self._record(output)
         finally:
             self._rows = None
@@ -325,7 +428,7 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
 
     def _scaffolded_rollout(self, prompts: list) -> dict[str, Any]:
         """The rollout_func: generate from scaffolded prompts, return the clean prompt ids."""
-        if not self.model.training:
+        if not self.training_rollout():
             # Evaluation: the clean prompt, TRL's own grouping (never scaffolded).
             ids, images, mm = self._tokenize_prompts(prompts)
             completion_ids, logprobs = self._generate_single_turn(
@@ -351,6 +454,8 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
         # not deduplicate them (it keeps every num_generations-th prompt).
         completion_ids, _ = self._generate_single_turn(rollout_ids, None, {}, 1)
         loss_ids = rollout_ids if self.scaffold_params.in_loss else clean_ids
+        if self._contract is not None:
+            self._contract.expect(clean_ids, rollout_ids, completion_ids)
         if self._capture is not None:
             self._capture["rollout_prompt_len"] = [len(x) for x in rollout_ids]
             self._capture["clean_prompt_len"] = [len(x) for x in clean_ids]
@@ -385,6 +490,33 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
         metrics["scaffold/frac_scaffolded"].append(mean[2])
         metrics["scaffold/rollout_prompt_length"].append(mean[3])
         metrics["scaffold/clean_prompt_length"].append(mean[4])
+
+    # -- run-time contract (first RL step) --------------------------------------------------------
+
+    def _contract_next_step(self) -> None:
+        """A training generation starts: open the live check on the first RL step of the run,
+        close it (every rollout must have reached the loss) when the second one starts."""
+        if self._contract is None and self.contract_report is None:
+            self._contract = RuntimeContract(in_loss=self.scaffold_params.in_loss)
+        elif self._contract is not None:
+            self._finish_contract()
+
+    def _finish_contract(self) -> None:
+        if self._contract is not None:
+            contract, self._contract = self._contract, None
+            self.contract_report = contract.finish()
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._contract is not None and self.training_rollout():
+            self._contract.observe(input_ids, attention_mask, logits_to_keep, grad=torch.is_grad_enabled())
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        self._finish_contract()
+        return output
 
     # -- rewards and records ---------------------------------------------------------------------
 
@@ -446,3 +578,77 @@ class ScaffoldedGRPOTrainer(GRPOTrainer):
         if self.model.training and self.state.global_step > 0:
             logs["rl_step"] = self.rl_step_at(self.state.global_step - 1)
         super().log(logs, start_time)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer class, resolved at run time
+# --------------------------------------------------------------------------------------------
+
+_TRAINER_CLS: dict[tuple[type, type], type] = {}
+
+
+def grpo_base_of(trainer_cls: type) -> type:
+    """The GRPOTrainer class a scaffolded trainer class was built on (any other trainer class:
+    itself)."""
+    mro = trainer_cls.__mro__
+    return mro[mro.index(ScaffoldedGRPOMixin) + 1] if ScaffoldedGRPOMixin in mro else trainer_cls
+
+
+def scaffolded_trainer_class(base: type | None = None, extra: type | None = None) -> type:
+    """`ScaffoldedGRPOTrainer` over `base` (default: `trl.GRPOTrainer` as it is now).
+
+    Call it after the backend was prepared (`training.prepare_backend`), so that on a GPU the
+    base is Unsloth's rewritten trainer. `extra` is an optional base-less mixin of further
+    overrides put on top (tests and the smoke script use `contract.ContractProbeMixin`).
+    The private API is checked on the class built; classes are cached per base.
+    """
+    base = current_grpo_trainer() if base is None else base
+    if issubclass(base, ScaffoldedGRPOMixin):
+        raise TypeError(f"{class_name(base)} is already a scaffolded trainer; pass its GRPO base")
+    key = (base, extra or object)
+    if key not in _TRAINER_CLS:
+        if key[1] is object:
+            cls = type("ScaffoldedGRPOTrainer", (ScaffoldedGRPOMixin, base),
+                       {"__module__": __name__, "__doc__": ScaffoldedGRPOMixin.__doc__})
+        else:
+            cls = type(extra.__name__.removesuffix("Mixin"), (extra, scaffolded_trainer_class(base)),
+                       {"__module__": extra.__module__, "__doc__": extra.__doc__})
+        check_trl_support(cls)
+        _TRAINER_CLS[key] = cls
+    return _TRAINER_CLS[key]
+
+
+def __getattr__(name: str):
+    # `from ruscarl_lib.rollouts import ScaffoldedGRPOTrainer` keeps working, but resolves now,
+    # over the current trl.GRPOTrainer, instead of binding whatever existed at import time.
+    if name == "ScaffoldedGRPOTrainer":
+        return scaffolded_trainer_class()
+    if name == "EpochSeededRepeatSampler":
+        return epoch_seeded_sampler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def resolve_trainer_class(trainer_cls: type | None = None) -> type:
+    """The trainer class of a run, built now over the current `trl.GRPOTrainer`.
+
+    `trainer_cls` may be None (the scaffolded trainer), a base-less mixin of extra overrides
+    (put on top of it), or a scaffolded trainer class already built, which must then be built
+    on the current `trl.GRPOTrainer` (else it would silently miss Unsloth's rewrite).
+    """
+    if trainer_cls is None:
+        return scaffolded_trainer_class()
+    if issubclass(trainer_cls, ScaffoldedGRPOMixin):
+        base, now = grpo_base_of(trainer_cls), current_grpo_trainer()
+        if base is not now:
+            raise TypeError(
+                f"trainer_cls {trainer_cls.__qualname__} was built on {class_name(base)}, but "
+                f"trl.GRPOTrainer is now {class_name(now)}; pass its mixin instead, or build it "
+                "after the backend was prepared"
+            )
+        check_trl_support(trainer_cls)
+        return trainer_cls
+    from transformers import Trainer
+
+    if issubclass(trainer_cls, Trainer):
+        raise TypeError("trainer_cls must be a scaffolded trainer class or a base-less mixin")
+    return scaffolded_trainer_class(extra=trainer_cls)

@@ -6,6 +6,7 @@ Layout of `outputs/<run>/`:
   checkpoints/checkpoint-N/      LoRA + optimizer + trainer state every few steps
   adapter/                the final LoRA adapter and tokenizer
   params.yaml, versions.json     what produced the run
+  trainer.json            the trainer class, its GRPO base (TRL's or Unsloth's) and effective args
 
 Files are written through a temporary file and renamed, so a crash or a reader never sees half
 a file. After a resume, metrics past the checkpoint are dropped and the rollout files of
@@ -31,6 +32,7 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 PARAMS_FILE = "params.yaml"
 VERSIONS_FILE = "versions.json"
+TRAINER_FILE = "trainer.json"
 
 _VERSIONED = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -211,5 +213,14 @@ def write_versions(run_dir: str | Path) -> Path:
     path = Path(run_dir) / VERSIONS_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(library_versions(), indent=2) + "\n")
+    _replace_atomically(tmp, path)
+    return path
+
+
+def write_trainer_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """trainer.json: which trainer class (and GRPO base) trained the run, with its effective args."""
+    path = Path(run_dir) / TRAINER_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     _replace_atomically(tmp, path)
     return path

@@ -8,7 +8,9 @@
    them at module level) and load the policy with a LoRA adapter;
 2. turn the `train` params into a GRPOConfig, expressed in RL steps (one rollout batch of
    `prompts_per_step` x G samples) rather than TRL's micro-steps;
-3. train the `ScaffoldedGRPOTrainer`, writing metrics.jsonl, the per-rollout table and LoRA
+3. build the `ScaffoldedGRPOTrainer` over the `trl.GRPOTrainer` of that moment (Unsloth's on a
+   GPU), check that it is the trainer and algorithm the params ask for (`trainer_checks`),
+   record it in trainer.json, and train it, writing metrics.jsonl, the per-rollout table and LoRA
    checkpoints, resuming from the last checkpoint when there is one;
 4. save the final adapter, the params and the library versions.
 """
@@ -38,6 +40,7 @@ from .run_outputs import (
     ROLLOUTS_DIR,
     RolloutTableWriter,
     metrics_callback,
+    write_trainer_record,
     prune_rollouts,
     truncate_metrics,
     write_versions,
@@ -77,11 +80,14 @@ def prepare_backend(tp: TrainParams) -> str:
     import and must come before them."""
     backend = resolve_backend(tp)
     if backend == "unsloth":
+        from .trainer_checks import unsloth_failures_as_errors
+
         late = [m for m in ("trl", "transformers", "peft") if m in sys.modules]
         if late:
             log.warning("unsloth imported after %s; its patches may not apply fully", late)
         try:
-            import unsloth  # noqa: F401
+            with unsloth_failures_as_errors():
+                import unsloth  # noqa: F401
         except ImportError as err:
             raise BackendUnavailable(
                 "backend 'unsloth' needs the GPU extra (pip install -e '.[gpu]', unsloth==2026.10.9); "
@@ -97,6 +103,12 @@ def _torch_dtype(tp: TrainParams):
         return getattr(torch, tp.dtype)
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    return torch.float32
+
+
+def torch_float32():
+    import torch
+
     return torch.float32
 
 
@@ -145,7 +157,8 @@ def _load_unsloth(tp: TrainParams, seed: int) -> Policy:
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=tp.model,
         max_seq_length=tp.max_prompt_length + tp.max_scaffold_tokens + tp.max_completion_length,
-        dtype=None if tp.dtype == "auto" else _torch_dtype(tp),
+        # explicit, as for transformers (Unsloth's own default is bf16 even on CPU)
+        dtype=_torch_dtype(tp),
         load_in_4bit=tp.load_in_4bit,
         fast_inference=tp.fast_inference,
         max_lora_rank=tp.lora_r,
@@ -190,6 +203,11 @@ def _load_transformers(tp: TrainParams) -> Policy:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=tp.gradient_checkpointing
         )
+    if kwargs["dtype"] == torch_float32():
+        # The marker Unsloth's loader sets for an explicit float32 request: were this model
+        # trained by Unsloth's trainer (the forced-Unsloth CPU lane), it keeps float32 instead
+        # of switching to fp16 mixed precision. Nothing else reads it.
+        model._unsloth_user_float32 = True
     tokenizer = load_tokenizer(tp.model, padding_side="left")
     peft_config = lora_config(tp) if tp.finetune == "lora" else None
     return Policy(model=model, tokenizer=tokenizer, peft_config=peft_config, backend="transformers")
@@ -260,8 +278,17 @@ def build_grpo_config(
     params: Params, run_dir: str | Path, *, backend: str = "transformers", world_size: int | None = None
 ):
     """The GRPOConfig of a run: batch geometry, optimisation, sampling, checkpoints, logging."""
+    from trl import GRPOConfig  # resolved now: Unsloth's config class once Unsloth is imported
+
+    return GRPOConfig(**grpo_config_kwargs(params, run_dir, backend=backend, world_size=world_size))
+
+
+def grpo_config_kwargs(
+    params: Params, run_dir: str | Path, *, backend: str = "transformers", world_size: int | None = None
+) -> dict[str, Any]:
+    """Every GRPOConfig argument of a run, explicit wherever Unsloth's config has its own default
+    (epsilon_high, optim, eval batch size, precision), so both backends train one algorithm."""
     import torch
-    from trl import GRPOConfig
 
     tp = params.train
     geo = batch_geometry(tp, world_size or _world_size())
@@ -287,7 +314,9 @@ def build_grpo_config(
         max_grad_norm=tp.max_grad_norm,
         beta=tp.kl_coef,
         epsilon=tp.epsilon,
-        epsilon_high=tp.epsilon_high,
+        # TRL reads None as `epsilon`; Unsloth's config would turn None into 0.28 under dapo
+        epsilon_high=tp.epsilon if tp.epsilon_high is None else tp.epsilon_high,
+        optim=tp.optim,
         loss_type=tp.loss_type,
         scale_rewards=tp.scale_rewards,
         mask_truncated_completions=tp.mask_truncated_completions,
@@ -313,6 +342,9 @@ def build_grpo_config(
         save_steps=tp.save_steps * per_rl,
         save_total_limit=tp.save_total_limit,
         logging_steps=tp.logging_steps,
+        # evaluation groups: explicit (Unsloth's default eval batch size is 4, TRL's 8)
+        num_generations_eval=eval_gens,
+        per_device_eval_batch_size=eval_gens,
         report_to=[] if tp.report_to == "none" else [tp.report_to],
         seed=params.seed if tp.seed is None else tp.seed,
         remove_unused_columns=False,
@@ -320,13 +352,8 @@ def build_grpo_config(
         log_completions=False,
     )
     if tp.eval_steps:
-        kwargs.update(
-            eval_strategy="steps",
-            eval_steps=tp.eval_steps * per_rl,
-            num_generations_eval=eval_gens,
-            per_device_eval_batch_size=eval_gens,
-        )
-    return GRPOConfig(**kwargs)
+        kwargs.update(eval_strategy="steps", eval_steps=tp.eval_steps * per_rl)
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +456,45 @@ def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool)
     return last
 
 
+def attach_lora_for(trainer_cls: type, policy: Policy, *, seed: int) -> Policy:
+    """Unsloth's rewritten trainer skips TRL's PEFT block (it expects `FastLanguageModel.
+    get_peft_model` to have run), so a `peft_config` handed to it is silently ignored and the
+    whole model would train. Over such a base, apply the LoRA here, seeded, before the trainer."""
+    from .rollouts import grpo_base_of
+    from .trainer_checks import is_unsloth_class
+
+    if policy.peft_config is None or not is_unsloth_class(grpo_base_of(trainer_cls)):
+        return policy
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    set_seed(seed)
+    model = get_peft_model(policy.model, policy.peft_config)
+    return Policy(model=model, tokenizer=policy.tokenizer, peft_config=None, backend=policy.backend)
+
+
+def check_built_trainer(trainer: Any, params: Params, backend: str, run_dir: Path, *, world_size: int) -> None:
+    """Before training: the right base class, the params' geometry and algorithm settings;
+    then record the trainer (classes and effective args) in the run folder's trainer.json."""
+    from .rollouts import grpo_base_of
+    from .trainer_checks import (
+        check_base_class,
+        check_effective_args,
+        check_geometry,
+        check_trainable,
+        trainer_record,
+    )
+
+    check_base_class(grpo_base_of(type(trainer)), backend, gpu=_cuda_available())
+    check_geometry(trainer, params.train, world_size)
+    check_trainable(trainer.model, params.train.finetune)
+    requested = grpo_config_kwargs(params, run_dir, backend=backend, world_size=world_size)
+    requested["vllm_importance_sampling_correction"] = False  # forced off by the trainer
+    check_effective_args(trainer.args, requested)
+    if trainer.accelerator.is_main_process:
+        write_trainer_record(run_dir, trainer_record(trainer, backend))
+
+
 def run_training(
     params: Params,
     *,
@@ -446,7 +512,8 @@ def run_training(
     Data: `train_dataset` (rows as built by `rollouts.to_train_dataset`), else
     `train_examples`, else the `data` section. Rewards: `reward_funcs`, else the `judge`
     section. `policy` skips model loading (a model already in memory); `trainer_cls` may name a
-    subclass of ScaffoldedGRPOTrainer (tests use one to probe the loss inputs). With `scaffold.enabled:
+    base-less mixin of extra overrides (e.g. `contract.ContractProbeMixin`, which tests use to
+    probe the loss inputs), put on the scaffolded trainer once the backend is prepared. With `scaffold.enabled:
     false` this is the plain rubric-GRPO baseline through the same code path.
     """
     tp = params.train
@@ -474,7 +541,8 @@ def run_training(
     if params.scaffold.binary_k is not None and params.scaffold.binary_k > tp.group_size:
         raise ValueError(f"scaffold.binary_k={params.scaffold.binary_k} exceeds train.group_size")
 
-    from .rollouts import ScaffoldedGRPOTrainer
+    from .rollouts import resolve_trainer_class
+    from .trainer_checks import unsloth_failures_as_errors
 
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
     sinks = list(rollout_sinks)
@@ -485,23 +553,24 @@ def run_training(
         for s in sinks:
             s(rl_step, records)
 
-    trainer_cls = trainer_cls or ScaffoldedGRPOTrainer
-    if not issubclass(trainer_cls, ScaffoldedGRPOTrainer):
-        raise TypeError("trainer_cls must subclass ScaffoldedGRPOTrainer")
-    trainer = trainer_cls(
-        model=policy.model,
-        reward_funcs=list(reward_funcs),
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=policy.tokenizer,
-        peft_config=policy.peft_config,
-        callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}), *callbacks],
-        scaffold=params.scaffold,
-        total_steps=tp.max_steps,
-        rollout_sink=sink,
-    )
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer_cls = resolve_trainer_class(trainer_cls)  # over trl.GRPOTrainer as it is now
+    policy = attach_lora_for(trainer_cls, policy, seed=seed)
+    with unsloth_failures_as_errors():
+        trainer = trainer_cls(
+            model=policy.model,
+            reward_funcs=list(reward_funcs),
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=policy.tokenizer,
+            peft_config=policy.peft_config,
+            callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}), *callbacks],
+            scaffold=params.scaffold,
+            total_steps=tp.max_steps,
+            rollout_sink=sink,
+        )
+        check_built_trainer(trainer, params, backend, run_dir, world_size=state.num_processes)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     adapter_dir = run_dir / ADAPTER_DIR
     trainer.save_model(str(adapter_dir))
