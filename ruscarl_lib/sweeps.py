@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -407,6 +408,7 @@ def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, source
             "notebook_parameters": run.notebook_parameters, "notebooks": spec.notebooks,
             "process_env": {k: os.environ.get(k) for k in env},
             "devices": {k: os.environ.get(k) for k in PROCESS_ENV_RECORDED},
+            "host": socket.gethostname(), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         if world > 1:
@@ -540,7 +542,7 @@ def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Se
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    skip = {"run_id", "seconds", *varied}
+    skip = {"run_id", "point", "seconds", *varied}
     if metric_cols is None:
         metric_cols = [c for c in metrics.columns if c not in skip and pd.api.types.is_numeric_dtype(metrics[c])
                        and not pd.api.types.is_bool_dtype(metrics[c])]
@@ -595,6 +597,26 @@ display(Markdown(f"# Sweep `{info['name']}`\\n\\n{info['description']}\\n\\n"
     ("code", "runs", []),
     ("markdown", "## Metrics\nOne row per finished run: the settings it varied, then what its notebooks reported.", []),
     ("code", "metrics", []),
+    ("markdown", "## Over seeds\nWith a seed axis: each point's mean and 95% Student-t interval over its seeds, "
+                 "and the orderings of points whose intervals do not overlap (beyond seed noise).", []),
+    ("code", """from ruscarl_lib.paths import atomic_write_text
+from ruscarl_lib.sweep_stats import orderings_beyond_noise, seed_summary
+
+if info.get('seeds') and not metrics.empty:
+    point_keys = [k for k in info['varied'] if k != info['seed_key']]
+    numeric = [c for c in metrics.columns if c not in {'run_id', 'point', 'seconds', *info['varied']}
+               and pd.api.types.is_numeric_dtype(metrics[c]) and not pd.api.types.is_bool_dtype(metrics[c])]
+    for metric in (info['report_metrics'] or numeric[:6]):
+        table = seed_summary(metrics, metric, point_keys, seed_key=info['seed_key'])
+        atomic_write_text(root / f"seeds_{metric.replace('/', '_')}.csv", table.to_csv(index=False))
+        display(Markdown(f"### `{metric}`: mean and 95% t-interval over seeds {info['seeds']}"))
+        display(table)
+        beyond = orderings_beyond_noise(table)
+        display(Markdown(f"{len(beyond)} of {len(table) * (len(table) - 1) // 2} orderings beyond noise "
+                         "(intervals not overlapping):"))
+        display(beyond)
+else:
+    display(Markdown("One seed per point: no intervals; add `seeds: [...]` to the sweep file."))""", []),
     ("code", """fig = summary_figure(metrics, info['varied'], info['report_metrics'] or None, by_run=info['by_run'])
 if fig is not None:
     fig.savefig(root / 'summary.png', dpi=110, bbox_inches='tight')
