@@ -22,7 +22,14 @@ there), one executed notebook per stage, each stage's own output folder, the col
 without it (failed, killed, half-written) has its folder cleared and is run again. Every file
 the sweep writes goes through a temporary name, so nothing half-written ever looks complete.
 Run ids are `<key=value slug>-<hash>`: readable, and stable because the hash covers only what
-shapes the run (the parsed base params, the overrides and the notebook parameters).
+shapes the run (the parsed base params, the overrides, the notebook parameters and the
+`process` settings).
+
+`seeds: [0, 1, 2]` runs every point once per seed (`seed_key`, default the top-level `seed`);
+the report then shows each point's mean and 95% interval over seeds (`sweep_stats.py`). Each run
+executes as its own worker process (`--worker RUN_ID`), started by an executor from
+`sweep_executors.py`: local processes (optionally one GPU slice per run) or Ray tasks; the
+`process` section (threads, environment) and `resources` (GPUs, CPUs, memory) are per run.
 """
 
 from __future__ import annotations
