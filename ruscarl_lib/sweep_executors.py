@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OUTCOME_PREFIX = "RUSCARL_SWEEP_OUTCOME "
 PORT_TOKEN = "{port}"
+PYTHON_TOKEN = "{python}"  # the interpreter of the machine that starts the run (a Ray node's own)
 LOGS_DIR = ".logs"
 
 # Every thread-pool size a CPU run may consult. torch takes its intra-op thread count from
@@ -118,15 +119,15 @@ def launch_command(worker_args: Sequence[str], *, processes: int = 1, accelerate
                    launcher: Sequence[str] | None = None) -> list[str]:
     """The worker's command line; through `accelerate launch` when a run has several processes.
 
-    Each concurrent accelerate run needs its own rendezvous port, so the command keeps a {port}
-    placeholder that is filled on the machine that starts it.
+    Each concurrent accelerate run needs its own rendezvous port, and a Ray node its own Python,
+    so the command keeps {port} and {python} placeholders, filled on the machine that starts it.
     """
     module = ["-m", "ruscarl_lib.sweeps", *worker_args]
     if processes > 1 and accelerate_config:
-        prefix = list(launcher) if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+        prefix = list(launcher) if launcher else [PYTHON_TOKEN, "-m", "accelerate.commands.launch"]
         return [*prefix, "--config_file", str(accelerate_config), "--num_processes", str(processes),
                 "--main_process_port", PORT_TOKEN, *module]
-    return [sys.executable, *module]
+    return [PYTHON_TOKEN, *module]
 
 
 def _free_port() -> int:
@@ -135,29 +136,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the worker gets SIGKILL when whoever started it dies (a killed driver or Ray worker
-    must not leave a run going that nobody waits for)."""
+def _load_prctl():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up here, not in the child: between fork and exec (other threads may hold the import
+# lock) the child must only make the C call.
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the worker (or its launcher) gets SIGKILL when whoever started it dies: a killed
+    driver or Ray worker must not leave a run going that nobody waits for."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def execute_task(task: RunTask, extra_env: dict[str, str] | None = None, base_env: dict[str, str] | None = None
                  ) -> dict[str, Any]:
     """Run one worker process to the end; its outcome, or a failure naming the log."""
     env = {**(os.environ if base_env is None else base_env), **(extra_env or {}), **task.env}
-    command = [part.replace(PORT_TOKEN, str(_free_port())) if PORT_TOKEN in part else part for part in task.command]
+    fill = {PORT_TOKEN: str(_free_port()), PYTHON_TOKEN: sys.executable}
+    command = [fill.get(part, part) for part in task.command]
     log_path = Path(task.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
         proc = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                preexec_fn=_die_with_parent if _PRCTL is not None else None)
         rc = proc.wait()
     outcome = None
     for line in log_path.read_text(errors="replace").splitlines():

@@ -539,17 +539,18 @@ def _write_tables(root: Path, metrics: pd.DataFrame, outcomes: pd.DataFrame) -> 
 
 
 def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Sequence[str] | None = None,
-                   *, by_run: bool = False, max_panels: int = 6):
+                   *, by_run: bool = False, max_panels: int = 6, ignore: Sequence[str] = ()):
     """One panel per numeric metric (at most `max_panels`); None when there is nothing to plot.
 
     A grid sweep plots each metric against its first varied key (hue: the second). A sweep of
     explicit points (`by_run`), or one that varies nothing, gets one bar per run instead, since
-    its points do not share an axis.
+    its points do not share an axis; runs of one point at several seeds (a `point` column) share
+    a bar, with seaborn's interval of the mean.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    skip = {"run_id", "point", "seconds", *varied}
+    skip = {"run_id", "point", "seconds", *varied, *ignore}
     if metric_cols is None:
         metric_cols = [c for c in metrics.columns if c not in skip and pd.api.types.is_numeric_dtype(metrics[c])
                        and not pd.api.types.is_bool_dtype(metrics[c])]
@@ -561,11 +562,11 @@ def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Se
     data = metrics.copy()
     varied = [v for v in varied if v in data.columns]
     if by_run or not varied:
-        height = max(3.0, 0.35 * len(data) + 1.2)
+        height = max(3.0, 0.35 * (data["point"].nunique() if "point" in data else len(data)) + 1.2)
         fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, height * math.ceil(n / cols)),
                                  squeeze=False)
         for ax, col in zip(axes.ravel(), metric_cols):
-            sns.barplot(data=data, y="run_id", x=col, ax=ax, color="tab:blue")
+            sns.barplot(data=data, y="point" if "point" in data else "run_id", x=col, ax=ax, color="tab:blue")
             ax.set(title=col, xlabel="", ylabel="")
     else:
         fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, 3.8 * math.ceil(n / cols)),
@@ -624,7 +625,10 @@ if info.get('seeds') and not metrics.empty:
         display(beyond)
 else:
     display(Markdown("One seed per point: no intervals; add `seeds: [...]` to the sweep file."))""", []),
-    ("code", """fig = summary_figure(metrics, info['varied'], info['report_metrics'] or None, by_run=info['by_run'])
+    ("code", """# over seeds: one mark per point (mean and its interval), not one per run
+varied = [v for v in info['varied'] if not (info.get('seeds') and v == info.get('seed_key'))]
+fig = summary_figure(metrics, varied, info['report_metrics'] or None, by_run=info['by_run'],
+                     ignore=[info['seed_key']] if info.get('seeds') else [])
 if fig is not None:
     fig.savefig(root / 'summary.png', dpi=110, bbox_inches='tight')
     plt.show()""", []),
@@ -801,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        if not args.root:
+            parser.error("--worker needs --root")
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         outcome = run_worker(args.sweep_file, args.root, args.worker, progress=args.progress)
         if _rank()[0] == 0:
