@@ -3,7 +3,8 @@
     ruscarl demo                      the main job: the notebook suite headless on CPU data
     ruscarl run NOTEBOOK -p k=v       execute one notebook through papermill
     ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.training)
-    ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps)
+    ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps);
+                                      --gpus-per-run N, --executor ray [--address ...]
 """
 
 from __future__ import annotations

@@ -22,7 +22,14 @@ there), one executed notebook per stage, each stage's own output folder, the col
 without it (failed, killed, half-written) has its folder cleared and is run again. Every file
 the sweep writes goes through a temporary name, so nothing half-written ever looks complete.
 Run ids are `<key=value slug>-<hash>`: readable, and stable because the hash covers only what
-shapes the run (the parsed base params, the overrides and the notebook parameters).
+shapes the run (the parsed base params, the overrides, the notebook parameters and the
+`process` settings).
+
+`seeds: [0, 1, 2]` runs every point once per seed (`seed_key`, default the top-level `seed`);
+the report then shows each point's mean and 95% interval over seeds (`sweep_stats.py`). Each run
+executes as its own worker process (`--worker RUN_ID`), started by an executor from
+`sweep_executors.py`: local processes (optionally one GPU slice per run) or Ray tasks; the
+`process` section (threads, environment) and `resources` (GPUs, CPUs, memory) are per run.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -58,6 +66,18 @@ from .params import (
     set_dotted,
 )
 from .paths import atomic_write_text, project_root, resolve_path
+from .sweep_executors import (
+    LOGS_DIR,
+    OUTCOME_PREFIX,
+    ExecutorError,
+    LocalExecutor,
+    ProcessSpec,
+    RayExecutor,
+    ResourceSpec,
+    RunTask,
+    launch_command,
+    make_executor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +133,14 @@ class SweepSpec(BaseModel):
     report_metrics: list[str] = Field(
         default_factory=list, description="Metrics plotted in the report; empty: every numeric one."
     )
-    max_parallel: int = Field(1, ge=1, description="Runs executed at the same time.")
+    seeds: list[int] = Field(
+        default_factory=list, description="Every point is run once per seed (the key `seed_key`); the "
+                                          "summary then reports each point's mean and 95% interval over seeds.")
+    seed_key: str = Field("seed", description="Dotted params key the seed axis sets.")
+    process: ProcessSpec = Field(default_factory=ProcessSpec,
+                                 description="Thread counts and environment of every run, under every executor.")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec, description="What one run needs (GPUs, CPUs, memory).")
+    max_parallel: int = Field(1, ge=1, description="Runs executed at the same time (local executor, no GPUs).")
     timeout_s: int | None = Field(None, ge=1, description="Per-cell execution timeout.")
     keep_partial: bool = Field(
         False, description="Do not clear an unfinished run's folder (for notebooks that resume themselves)."
@@ -124,6 +151,13 @@ class SweepSpec(BaseModel):
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
             raise ValueError("name may hold letters, digits, '_', '.' and '-' only")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
         return v
 
     @field_validator("grid")
@@ -183,6 +217,7 @@ class SweepRun:
     settings: dict[str, Any]
     overrides: dict[str, Any]
     notebook_parameters: dict[str, Any]
+    point_id: str = ""  # with a seed axis: the run id the point would have without its seed
 
 
 def _canonical(obj: Any) -> str:
@@ -209,11 +244,16 @@ def _slug(varied: dict[str, Any], max_len: int = 60) -> str:
     return text[:max_len].rstrip("-_") or "base"
 
 
-def run_id_for(effective_params: dict[str, Any], notebook_parameters: dict[str, Any], varied: dict[str, Any]) -> str:
+def run_id_for(effective_params: dict[str, Any], notebook_parameters: dict[str, Any], varied: dict[str, Any],
+               process: dict[str, Any] | None = None) -> str:
     """`<slug>-<8 hex>`. The hash covers the base params with the overrides applied (as written,
-    before schema defaults, so a library upgrade does not rename runs) and the notebook
-    parameters: two points that end up with the same settings are one run."""
-    digest = hashlib.sha256(_canonical({"params": effective_params, "notebook": notebook_parameters}).encode()).hexdigest()[:8]
+    before schema defaults, so a library upgrade does not rename runs), the notebook parameters
+    and the process settings (threads and kernels change results): two points that end up with
+    the same settings are one run. Where a run executes (executor, GPUs) is not part of it."""
+    shape: dict[str, Any] = {"params": effective_params, "notebook": notebook_parameters}
+    if process is not None:
+        shape["process"] = process
+    digest = hashlib.sha256(_canonical(shape).encode()).hexdigest()[:8]
     return f"{_slug(varied)}-{digest}"
 
 
@@ -233,8 +273,17 @@ def _points(spec: SweepSpec) -> list[dict[str, Any]]:
         cells = grid or [{}]
         explicit = spec.points or [{}]
         return [{**p, **g} for p in explicit for g in cells]
-    out = grid + [dict(p) for p in spec.points]
-    return out or [{}]
+    out = (grid + [dict(p) for p in spec.points]) or [{}]
+    return out
+
+
+def _with_seeds(spec: SweepSpec, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not spec.seeds:
+        return points
+    clash = [p for p in points if spec.seed_key in p]
+    if clash:
+        raise ParamsError(f"sweep {spec.name!r}: points set {spec.seed_key!r} and the sweep has a seed axis: {clash}")
+    return [{**p, spec.seed_key: s} for p in points for s in spec.seeds]
 
 
 def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun]:
@@ -242,7 +291,8 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
     so a typo fails before anything runs."""
     base_path = _locate(spec.base, sweep_dir)
     base_raw = read_yaml_mapping(base_path, f"base params file of sweep {spec.name!r}")
-    points = _points(spec)
+    points = _with_seeds(spec, _points(spec))
+    process = spec.process.model_dump(mode="json")
     varied_keys = list(dict.fromkeys(k for p in points for k in p))
     runs: list[SweepRun] = []
     seen: set[str] = set()
@@ -255,15 +305,22 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
         for key, value in overrides.items():
             set_dotted(raw, key, value)
         effective = params_from_dict(copy.deepcopy(raw), source=f"{base_path} + {overrides}").model_dump(mode="json")
-        run_id = run_id_for(raw, nb_params, point)
+        run_id = run_id_for(raw, nb_params, point, process)
         digest = run_id.rsplit("-", 1)[1]
+        point_id = ""
+        if spec.seeds:
+            unseeded = copy.deepcopy(base_raw)
+            for key, value in overrides.items():
+                if key != spec.seed_key:
+                    set_dotted(unseeded, key, value)
+            point_id = run_id_for(unseeded, nb_params, {k: v for k, v in point.items() if k != spec.seed_key}, process)
         if digest in seen:  # same settings as an earlier point, whatever it was called
             continue
         seen.add(digest)
         settings = {k: nb_params.get(k[len(NOTEBOOK_PREFIX):]) if k.startswith(NOTEBOOK_PREFIX)
                     else _dotted_get(effective, k) for k in varied_keys}
         runs.append(SweepRun(run_id=run_id, varied=dict(point), settings=settings, overrides=overrides,
-                             notebook_parameters=nb_params))
+                             notebook_parameters=nb_params, point_id=point_id))
     return runs
 
 
@@ -312,11 +369,29 @@ def _filled(parameters: dict[str, Any], run_id: str, run_dir: Path, root: Path) 
     return out
 
 
+READY_FILE = ".ready"
+ATTEMPT_VAR = "RUSCARL_SWEEP_ATTEMPT"
+PROCESS_ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "WORLD_SIZE")
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch`; (0, 1) for a plain worker."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, sources: list[Path],
              progress: bool) -> RunOutcome:
-    """Execute every notebook of one run; DONE is written only after metrics.json."""
+    """Execute every notebook of one run; DONE is written only after metrics.json.
+
+    Under `accelerate launch` every rank executes the notebooks (the training inside them is
+    the distributed part); rank 0 alone clears the folder, writes params, metrics and DONE, and
+    the other ranks start once rank 0 has marked this attempt ready.
+    """
     from filelock import FileLock, Timeout
 
+    rank, world = _rank()
+    if rank > 0:
+        return _run_other_rank(spec, run, root, sources, progress, rank)
     run_dir = root / run.run_id
     lock = FileLock(str(root / ".locks" / f"{run.run_id}.lock"))
     try:
@@ -334,11 +409,17 @@ def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, source
         overrides = {**run.overrides, "output.dir": str(root), "output.run_name": run.run_id}
         params = load_params(base_path, overrides)
         params_file = save_params(params, run_dir / "params.yaml")
+        env = spec.process.environment()
         _atomic_json(run_dir / RUN_FILE, {
             "run_id": run.run_id, "sweep": spec.name, "varied": run.varied, "overrides": run.overrides,
             "notebook_parameters": run.notebook_parameters, "notebooks": spec.notebooks,
+            "process_env": {k: os.environ.get(k) for k in env},
+            "devices": {k: os.environ.get(k) for k in PROCESS_ENV_RECORDED},
+            "host": socket.gethostname(), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
+        if world > 1:
+            atomic_write_text(run_dir / READY_FILE, os.environ.get(ATTEMPT_VAR, ""))
         from .reports import run_notebook
 
         metrics: dict[str, Any] = {}
@@ -372,6 +453,48 @@ def _run_one(spec: SweepSpec, run: SweepRun, root: Path, base_path: Path, source
         lock.release()
 
 
+def _run_other_rank(spec: SweepSpec, run: SweepRun, root: Path, sources: list[Path], progress: bool,
+                    rank: int, wait_s: float = 600.0) -> RunOutcome:
+    """A rank > 0 of a multi-process run: wait for rank 0's setup of this attempt, then execute
+    the same notebooks with the same parameters into `<stage>.rank<k>.ipynb`."""
+    from .reports import run_notebook
+
+    run_dir = root / run.run_id
+    attempt = os.environ.get(ATTEMPT_VAR, "")
+    deadline = time.monotonic() + wait_s
+    ready = run_dir / READY_FILE
+    while not (ready.exists() and ready.read_text() == attempt):
+        if (run_dir / DONE_MARKER).exists():
+            return RunOutcome(run.run_id, "skipped")
+        if time.monotonic() > deadline:
+            return RunOutcome(run.run_id, "failed", error=f"rank {rank}: rank 0 never set up {run_dir}")
+        time.sleep(0.2)
+    t0 = time.perf_counter()
+    params_file = run_dir / "params.yaml"
+    for name, source in zip(spec.notebooks, sources):
+        stage = _stage_name(name)
+        parameters = {"params_file": str(params_file), "output_dir": str(run_dir / stage),
+                      **_filled(run.notebook_parameters, run.run_id, run_dir, root)}
+        run_notebook(source, run_dir / f"{stage}.rank{rank}.ipynb", parameters, progress=progress,
+                     timeout_s=spec.timeout_s)
+    return RunOutcome(run.run_id, "done", time.perf_counter() - t0)
+
+
+def run_worker(sweep_file: str | Path, root: str | Path, run_id: str, *, progress: bool = False) -> RunOutcome:
+    """One run, in the process an executor started for it (`--worker RUN_ID --root ROOT`).
+
+    The base params come from the sweep.json the driver wrote (so a prepared sandbox is not
+    prepared again on every worker)."""
+    spec, sweep_dir = load_sweep(sweep_file)
+    root = Path(root)
+    runs = {r.run_id: r for r in expand_runs(spec, sweep_dir)}
+    if run_id not in runs:
+        raise KeyError(f"no run {run_id!r} in sweep {spec.name!r} (was the sweep file changed?)")
+    info = json.loads((root / "sweep.json").read_text())
+    sources = [_notebook_source(n, sweep_dir) for n in spec.notebooks]
+    return _run_one(spec, runs[run_id], root, Path(info["base"]), sources, progress)
+
+
 # --------------------------------------------------------------------------------------------
 # Collecting and reporting
 # --------------------------------------------------------------------------------------------
@@ -389,7 +512,8 @@ def collect_metrics(root: str | Path, runs: Sequence[SweepRun]) -> pd.DataFrame:
         if not (run_dir / DONE_MARKER).exists():
             continue
         saved = json.loads((run_dir / RUN_METRICS).read_text())
-        rows.append({"run_id": run.run_id, **run.settings, "seconds": saved["seconds"], **saved["metrics"]})
+        point = {"point": run.point_id} if run.point_id else {}
+        rows.append({"run_id": run.run_id, **point, **run.settings, "seconds": saved["seconds"], **saved["metrics"]})
     return pd.DataFrame(rows)
 
 
@@ -415,17 +539,18 @@ def _write_tables(root: Path, metrics: pd.DataFrame, outcomes: pd.DataFrame) -> 
 
 
 def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Sequence[str] | None = None,
-                   *, by_run: bool = False, max_panels: int = 6):
+                   *, by_run: bool = False, max_panels: int = 6, ignore: Sequence[str] = ()):
     """One panel per numeric metric (at most `max_panels`); None when there is nothing to plot.
 
     A grid sweep plots each metric against its first varied key (hue: the second). A sweep of
     explicit points (`by_run`), or one that varies nothing, gets one bar per run instead, since
-    its points do not share an axis.
+    its points do not share an axis; runs of one point at several seeds (a `point` column) share
+    a bar, with seaborn's interval of the mean.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    skip = {"run_id", "seconds", *varied}
+    skip = {"run_id", "point", "seconds", *varied, *ignore}
     if metric_cols is None:
         metric_cols = [c for c in metrics.columns if c not in skip and pd.api.types.is_numeric_dtype(metrics[c])
                        and not pd.api.types.is_bool_dtype(metrics[c])]
@@ -437,11 +562,11 @@ def summary_figure(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Se
     data = metrics.copy()
     varied = [v for v in varied if v in data.columns]
     if by_run or not varied:
-        height = max(3.0, 0.35 * len(data) + 1.2)
+        height = max(3.0, 0.35 * (data["point"].nunique() if "point" in data else len(data)) + 1.2)
         fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, height * math.ceil(n / cols)),
                                  squeeze=False)
         for ax, col in zip(axes.ravel(), metric_cols):
-            sns.barplot(data=data, y="run_id", x=col, ax=ax, color="tab:blue")
+            sns.barplot(data=data, y="point" if "point" in data else "run_id", x=col, ax=ax, color="tab:blue")
             ax.set(title=col, xlabel="", ylabel="")
     else:
         fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, 3.8 * math.ceil(n / cols)),
@@ -480,7 +605,30 @@ display(Markdown(f"# Sweep `{info['name']}`\\n\\n{info['description']}\\n\\n"
     ("code", "runs", []),
     ("markdown", "## Metrics\nOne row per finished run: the settings it varied, then what its notebooks reported.", []),
     ("code", "metrics", []),
-    ("code", """fig = summary_figure(metrics, info['varied'], info['report_metrics'] or None, by_run=info['by_run'])
+    ("markdown", "## Over seeds\nWith a seed axis: each point's mean and 95% Student-t interval over its seeds, "
+                 "and the orderings of points whose intervals do not overlap (beyond seed noise).", []),
+    ("code", """from ruscarl_lib.paths import atomic_write_text
+from ruscarl_lib.sweep_stats import orderings_beyond_noise, seed_summary
+
+if info.get('seeds') and not metrics.empty:
+    point_keys = [k for k in info['varied'] if k != info['seed_key']]
+    numeric = [c for c in metrics.columns if c not in {'run_id', 'point', 'seconds', *info['varied']}
+               and pd.api.types.is_numeric_dtype(metrics[c]) and not pd.api.types.is_bool_dtype(metrics[c])]
+    for metric in (info['report_metrics'] or numeric[:6]):
+        table = seed_summary(metrics, metric, point_keys, seed_key=info['seed_key'])
+        atomic_write_text(root / f"seeds_{metric.replace('/', '_')}.csv", table.to_csv(index=False))
+        display(Markdown(f"### `{metric}`: mean and 95% t-interval over seeds {info['seeds']}"))
+        display(table)
+        beyond = orderings_beyond_noise(table)
+        display(Markdown(f"{len(beyond)} of {len(table) * (len(table) - 1) // 2} orderings beyond noise "
+                         "(intervals not overlapping):"))
+        display(beyond)
+else:
+    display(Markdown("One seed per point: no intervals; add `seeds: [...]` to the sweep file."))""", []),
+    ("code", """# over seeds: one mark per point (mean and its interval), not one per run
+varied = [v for v in info['varied'] if not (info.get('seeds') and v == info.get('seed_key'))]
+fig = summary_figure(metrics, varied, info['report_metrics'] or None, by_run=info['by_run'],
+                     ignore=[info['seed_key']] if info.get('seeds') else [])
 if fig is not None:
     fig.savefig(root / 'summary.png', dpi=110, bbox_inches='tight')
     plt.show()""", []),
@@ -539,13 +687,20 @@ def run_sweep(
     only: Sequence[str] | None = None,
     report: bool = True,
     progress: bool = False,
+    executor: str | LocalExecutor | RayExecutor = "local",
+    address: str | None = None,
+    gpus_per_run: int | None = None,
+    accelerate_config: str | Path | None = None,
 ) -> SweepResult:
     """Run every unfinished point of the sweep file `path`, then collect and report.
 
     `out_root` replaces `outputs/sweeps` (the sweep lands in `<out_root>/<name>/`); `only`
     restricts the runs to these run ids. Failed runs do not stop the others; they are listed in
-    the result and redone on the next call.
+    the result and redone on the next call. `executor` is "local" (processes here; with
+    `gpus_per_run` one GPU slice each), "ray" (tasks on the Ray cluster at `address`) or an
+    executor object; `gpus_per_run` and `accelerate_config` replace the sweep file's resources.
     """
+    path = resolve_path(path)
     spec, sweep_dir = load_sweep(path)
     runs = expand_runs(spec, sweep_dir)
     if only:
@@ -555,6 +710,17 @@ def run_sweep(
         selected = [r for r in runs if r.run_id in set(only)]
     else:
         selected = runs
+    resources = spec.resources.model_copy(update={
+        k: v for k, v in {"gpus": gpus_per_run, "accelerate_config": accelerate_config}.items() if v is not None})
+    if isinstance(executor, str):
+        local_parallel = max_parallel or (None if resources.gpus else spec.max_parallel)
+        executor = make_executor(executor, max_parallel=local_parallel, gpus_per_run=resources.gpus,
+                                 address=address, resources=resources)
+    elif isinstance(executor, RayExecutor):
+        executor.resources = resources
+    if isinstance(executor, LocalExecutor):
+        resources = resources.model_copy(update={"gpus": executor.gpus_per_run})
+        executor.slices()  # too few GPUs fails before anything runs
     root = (resolve_path(out_root) if out_root is not None else resolve_path(SWEEPS_DIR)) / spec.name
     (root / ".locks").mkdir(parents=True, exist_ok=True)
     base_path = _locate(spec.base, sweep_dir)
@@ -566,21 +732,35 @@ def run_sweep(
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise FileNotFoundError(f"sweep {spec.name!r}: notebooks not found: {missing}")
+    accelerate_file = _locate(resources.accelerate_config, sweep_dir) if resources.accelerate_config else None
+    if accelerate_file is not None and resources.gpus > 1 and not accelerate_file.is_file():
+        raise FileNotFoundError(f"sweep {spec.name!r}: accelerate config not found: {accelerate_file}")
     varied_keys = list(runs[0].settings) if runs else []
     _atomic_json(root / "sweep.json", {**spec.model_dump(), "base": str(base_path), "varied": varied_keys,
                                        "by_run": bool(spec.points),
                                        "run_ids": [r.run_id for r in runs]})
 
-    workers = max(1, min(max_parallel or spec.max_parallel, len(selected) or 1))
-    if workers == 1:
-        outcomes = [_announce(_run_one(spec, r, root, base_path, sources, progress)) for r in selected]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_run_one, spec, r, root, base_path, sources, progress) for r in selected]
-            outcomes = [_announce(f.result()) for f in futures]
+    outcomes: dict[str, RunOutcome] = {}
+    due = []
+    for r in selected:  # finished runs are not dispatched at all
+        if (root / r.run_id / DONE_MARKER).exists():
+            outcomes[r.run_id] = _announce(RunOutcome(r.run_id, "skipped"))
+        else:
+            due.append(r)
+    attempt = uuid.uuid4().hex
+    tasks = [RunTask(
+        run_id=r.run_id,
+        command=launch_command([str(path), "--worker", r.run_id, "--root", str(root), *(["--progress"] if progress else [])],
+                               processes=resources.gpus, accelerate_config=accelerate_file,
+                               launcher=getattr(executor, "launcher", None)),
+        env={**spec.process.environment(), ATTEMPT_VAR: f"{attempt}-{r.run_id}"},
+        cwd=str(project_root()), log_path=str(root / LOGS_DIR / f"{r.run_id}.log"), gpus=resources.gpus,
+    ) for r in due]
+    for got in executor.run(tasks, on_outcome=lambda o: _announce(RunOutcome(**o))):
+        outcomes[got["run_id"]] = RunOutcome(**got)
 
     metrics = collect_metrics(root, runs)
-    by_id = {o.run_id: o for o in outcomes}
+    by_id = outcomes
     status = pd.DataFrame([
         {"run_id": r.run_id, "status": by_id[r.run_id].status if r.run_id in by_id else
          ("done" if (root / r.run_id / DONE_MARKER).exists() else "not run"),
@@ -589,8 +769,9 @@ def run_sweep(
         for r in runs
     ])
     metrics_path, _ = _write_tables(root, metrics, status)
-    result = SweepResult(root=root, runs=runs, outcomes=outcomes, metrics=metrics, metrics_path=metrics_path,
-                         failed=[o.run_id for o in outcomes if o.status in ("failed", "locked")])
+    ordered = [outcomes[r.run_id] for r in selected]
+    result = SweepResult(root=root, runs=runs, outcomes=ordered, metrics=metrics, metrics_path=metrics_path,
+                         failed=[o.run_id for o in ordered if o.status in ("failed", "locked")])
     if report:
         _, result.report_path = render_report(root, title=f"Sweep {spec.name}", progress=progress)
     return result
@@ -612,7 +793,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip the summary notebook and HTML")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     parser.add_argument("--progress", action="store_true", help="show papermill progress bars")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: processes on this machine; ray: one Ray task per run")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--gpus-per-run", type=int, metavar="N",
+                        help="GPUs per run (default: the sweep file's resources.gpus); locally each run "
+                             "gets its own N of the visible GPUs")
+    parser.add_argument("--accelerate-config", metavar="FILE",
+                        help="accelerate config for runs with several GPUs (default: resources.accelerate_config)")
+    parser.add_argument("--worker", metavar="RUN_ID", help=argparse.SUPPRESS)  # one run, started by an executor
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        if not args.root:
+            parser.error("--worker needs --root")
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        outcome = run_worker(args.sweep_file, args.root, args.worker, progress=args.progress)
+        if _rank()[0] == 0:
+            print(OUTCOME_PREFIX + json.dumps(outcome.__dict__), flush=True)
+        return 0 if outcome.status in ("done", "skipped") else 1
     if args.dry_run:
         spec, sweep_dir = load_sweep(args.sweep_file)
         root = (resolve_path(args.out) if args.out else resolve_path(SWEEPS_DIR)) / spec.name
@@ -620,8 +819,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = (root / run.run_id / DONE_MARKER).exists()
             print(f"{'done ' if done else 'todo '} {run.run_id}  {json.dumps(run.varied, default=str)}")
         return 0
-    result = run_sweep(args.sweep_file, out_root=args.out, max_parallel=args.max_parallel, only=args.only,
-                       report=not args.no_report, progress=args.progress)
+    try:
+        result = run_sweep(args.sweep_file, out_root=args.out, max_parallel=args.max_parallel, only=args.only,
+                           report=not args.no_report, progress=args.progress, executor=args.executor,
+                           address=args.address, gpus_per_run=args.gpus_per_run,
+                           accelerate_config=args.accelerate_config)
+    except ExecutorError as err:
+        print(f"ruscarl sweep: {err}", file=sys.stderr)
+        return 2
     print(f"metrics: {result.metrics_path}")
     if result.report_path:
         print(f"report: {result.report_path}")

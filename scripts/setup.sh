@@ -32,12 +32,14 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
-echo "[setup] installing ruscarl-lib[$RUSCARL_EXTRA,dev] into $VENV"
+# The test environment includes the `ray` extra so the Ray sweep executor test runs (under
+# CI=true a missing Ray fails that test instead of skipping it).
+echo "[setup] installing ruscarl-lib[$RUSCARL_EXTRA,dev,ray] into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 extra_index=()
 if [ "$RUSCARL_EXTRA" = cpu ] && [ -n "${RUSCARL_TORCH_INDEX:-}" ]; then
   extra_index=(--extra-index-url "$RUSCARL_TORCH_INDEX")
 fi
-"$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" -e ".[$RUSCARL_EXTRA,dev]"
+"$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" -e ".[$RUSCARL_EXTRA,dev,ray]"
 echo "$want" > "$stamp"
 echo "[setup] done"

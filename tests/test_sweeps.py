@@ -227,10 +227,14 @@ def test_killed_sweep_resumes_and_cli(tmp_path, sweep, capsys):
 def test_shipped_ablation_sweep_expands_and_validates():
     spec, folder = load_sweep(ROOT / "params" / "sweep_paper_ablations.yaml")
     runs = expand_runs(spec, folder)
-    # 9 grid cells + 10 points, one of which ({}) is the grid's default cell
-    assert len(runs) == 18
+    # 9 grid cells + 10 points, one of which ({}) is the grid's default cell; 3 seeds each
+    assert len(runs) == 54 and spec.seeds == [0, 1, 2]
+    points = {r.point_id for r in runs}
+    assert len(points) == 18 and all(sum(r.point_id == p for r in runs) == 3 for p in points)
     merf = [r for r in runs if r.varied.get("scaffold.binary_k") == 8 and "scaffold.step_decay" in r.varied]
-    assert len(merf) == 1 and merf[0].settings["scaffold.alpha"] == 125.0
+    assert len(merf) == 3 and merf[0].settings["scaffold.alpha"] == 125.0
+    assert sorted(r.settings["seed"] for r in merf) == [0, 1, 2]
+    assert spec.process.threads == 1 and spec.resources.gpus == 0
 
 
 def test_templated_parameters_are_filled_per_run(tmp_path):
