@@ -66,7 +66,7 @@ KERNELS: dict[str, dict[str, str]] = {
 CI_OVERRIDES: dict[str, Any] = {
     "sandbox.world.n_conditions": 8,
     "sandbox.world.n_train": 64,
-    "sandbox.world.n_heldout": 16,
+    "sandbox.world.n_heldout": 48,  # 9 unseen pairs, 4 samples each: 192 graded answers
     "sandbox.world.n_validation": 16,
     "sandbox.policy": {"epochs": 4, "sft": {"n_examples": 3000}},
     "train.max_steps": 150,
