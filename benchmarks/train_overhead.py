@@ -8,6 +8,8 @@ Three arms of the same tiny-model GRPO run (same seed, data, steps and code path
   prompt tokens as the `on` arm with no padding at all (the loss, as in `on`, sees the clean
   prompt). floor/off is what the extra prompt tokens cost by themselves; on/floor is what the
   scaffolded batch pays on top (left-padding to the longest prompt, scaffold rendering).
+  Evenly spread tokens are the cheapest layout of that many tokens (prefill attention grows
+  with the square of a prompt's length), so the floor is a lower bound, not an exact target.
 
 Completions are forced to exactly `--completion-tokens` tokens in every arm (EOS suppressed
 until then), so the arms differ only in their prompts. Each repetition runs the three arms one
@@ -130,6 +132,8 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
         "completion_tokens": float(roll["completion_tokens"].mean()),
         "rollout_prompt_tokens_per_step": roll.groupby("rl_step")["rollout_prompt_tokens"].mean().round().astype(int).to_dict(),
         "peak_memory_mb": round(_peak_memory_mb()),
+        "group_size": params.train.group_size,
+        "prompts_per_step": params.train.prompts_per_step,
     }
 
 
@@ -184,7 +188,8 @@ def main() -> None:
     off_on_floor = "/".join(f"{statistics.median(rep[a]['step_time_s'] for rep in reps):.3f}" for a in ARMS)
     on_floor = ratios("step_time_s", "on", "floor")
     print(
-        f"train_overhead: tiny model, {N_EXAMPLES} toy examples, G=4 x 2 prompts per step, {args.steps} steps "
+        f"train_overhead: tiny model, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
+        f"{first['on']['prompts_per_step']} prompts per step, {args.steps} steps "
         f"(median of steps 2..{args.steps}), {args.reps} interleaved reps, threads={torch.get_num_threads()}, "
         f"{' '.join(args.set) or 'default train params'}; generation prompt tokens off/on/floor "
         f"{first['off']['generation_prompt_tokens']:.0f}/{first['on']['generation_prompt_tokens']:.0f}/"
