@@ -92,7 +92,9 @@ class JudgeParams(_Section):
     endpoint_failures_before_cooldown: int = Field(3, ge=1)
     endpoint_cooldown_s: float = Field(30.0, ge=0)
     http_backend: Literal["auto", "httpx", "aiohttp"] = Field(
-        "auto", description="openai client transport; auto: aiohttp when installed (less CPU)."
+        "auto",
+        description="aiohttp: a direct aiohttp client (least CPU); httpx: the openai client; "
+        "auto: aiohttp when installed.",
     )
     strip_response_think: bool = Field(
         True, description="Grade the policy's answer without its <think> reasoning."
