@@ -147,6 +147,25 @@ class ContractProbeMixin:
         )
         return completion_ids, logprobs
 
+    def _generate_bucketed(self, prompt_ids, scaffolded):
+        # Length buckets make several generate calls per rollout round; record them as one call
+        # in row order (what the contract checks), after checking that the calls' (prompt,
+        # completion) pairs are exactly the round's.
+        before = len(self.gen_calls)
+        completion_ids = super()._generate_bucketed(prompt_ids, scaffolded)
+        inner = self.gen_calls[before:]
+        merged = {
+            "training": self.model.training,
+            "prompt_ids": [tuple(p) for p in prompt_ids],
+            "completion_ids": [tuple(c) for c in completion_ids],
+            "batch_sizes": [len(c["prompt_ids"]) for c in inner],
+        }
+        pairs = Counter(pc for c in inner for pc in zip(c["prompt_ids"], c["completion_ids"]))
+        if pairs != Counter(zip(merged["prompt_ids"], merged["completion_ids"])):
+            raise ContractViolation("bucketed generation attached completions to prompts they were not generated from")
+        self.gen_calls[before:] = [merged]
+        return completion_ids
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         rows = logp_rows(input_ids, attention_mask, logits_to_keep)
         self.logp_calls.append(

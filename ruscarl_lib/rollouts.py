@@ -255,6 +255,41 @@ class RolloutPlan:
 RolloutSink = Callable[[int, list[dict[str, Any]]], None]
 
 
+def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
+    """Row indices split into at most `max_buckets` batches that minimise padded prompt tokens.
+
+    A batch costs (rows x its longest prompt) under left-padding. Rows sorted by length are cut
+    into contiguous runs by dynamic programming (exact optimum); the fewest batches reaching the
+    optimum are used, so rows of equal length are never split for nothing. Within a batch rows
+    keep their original order; batches come shortest first.
+    """
+    import numpy as np
+
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    L = np.array([lengths[i] for i in order], dtype=np.int64)
+    k = max(1, min(int(max_buckets), n))
+    # best[c][j]: least cost of the first j sorted rows in c batches; cut[c][j]: start of the last
+    best = np.full((k + 1, n + 1), np.iinfo(np.int64).max // 4, dtype=np.int64)
+    cut = np.zeros((k + 1, n + 1), dtype=np.int64)
+    best[0, 0] = 0
+    starts = np.arange(n + 1)
+    for c in range(1, k + 1):
+        for j in range(1, n + 1):
+            cost = best[c - 1, :j] + (j - starts[:j]) * L[j - 1]
+            i = int(np.argmin(cost))
+            best[c, j], cut[c, j] = cost[i], i
+    c = int(np.argmin(best[1:, n])) + 1  # argmin takes the first, i.e. the fewest batches
+    bounds, j = [], n
+    while c > 0:
+        i = int(cut[c, j])
+        bounds.append((i, j))
+        j, c = i, c - 1
+    return [sorted(order[i:j]) for i, j in reversed(bounds)]
+
+
 def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOMixin") -> dict[str, Any]:
     return trainer._scaffolded_rollout(prompts)
 
@@ -268,6 +303,7 @@ class ScaffoldedGRPOMixin:
       total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
       rollout_sink: called on the main process once per RL step with the step number and the
         records of every rollout of that step (all processes gathered).
+      rollout_buckets: HF-generate batches per scaffolded rollout batch (`train.rollout_buckets`).
     Evaluation rollouts are never scaffolded. The first RL step of every run is checked live
     against the clean-prompt contract (`contract.RuntimeContract`); a violation stops training.
     """
@@ -280,6 +316,7 @@ class ScaffoldedGRPOMixin:
         scaffold: ScaffoldParams | None = None,
         total_steps: int | None = None,
         rollout_sink: RolloutSink | None = None,
+        rollout_buckets: int = 1,
         **kwargs: Any,
     ) -> None:
         check_trl_support(type(self))
@@ -304,6 +341,7 @@ class ScaffoldedGRPOMixin:
         self.scaffold_params = scaffold or ScaffoldParams()
         self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
         self.rollout_sink = rollout_sink
+        self.rollout_buckets = int(rollout_buckets)
         self._rows: list[dict[str, Any]] | None = None
         self._plans: list[RolloutPlan] | None = None
         self._capture: dict[str, Any] | None = None
@@ -452,7 +490,7 @@ class ScaffoldedGRPOMixin:
                 raise RuntimeError(f"unscaffolded prompt of {plan.example_id} tokenized differently")
         # One generation per prompt: rollout prompts of a group differ, so vLLM server mode must
         # not deduplicate them (it keeps every num_generations-th prompt).
-        completion_ids, _ = self._generate_single_turn(rollout_ids, None, {}, 1)
+        completion_ids = self._generate_bucketed(rollout_ids, any(p.shown for p in plans))
         loss_ids = rollout_ids if self.scaffold_params.in_loss else clean_ids
         if self._contract is not None:
             self._contract.expect(clean_ids, rollout_ids, completion_ids)
@@ -472,6 +510,33 @@ class ScaffoldedGRPOMixin:
             POSITION_FIELD: [p.sample_index for p in plans],
             STEP_FIELD: [p.rl_step for p in plans],
         }
+
+    def _generate_bucketed(self, prompt_ids: list, scaffolded: bool) -> list[list[int]]:
+        """Completion ids of one sample per prompt, in the order of `prompt_ids`.
+
+        HF generate left-pads a batch to its longest prompt, and sample 0 of every group carries
+        the whole rubric, so a single call makes every row pay for the longest scaffold. With
+        `rollout_buckets` > 1 the rows go through generate in at most that many batches of
+        similar length (`length_buckets`); completions come back in the original row order, so
+        group positions, scaffold seeds and the rollout table are unchanged. Only the sampling
+        RNG stream differs (TRL's HF path draws from the global torch generator in batch
+        shape), so sampled tokens differ from a single call with the same seed, with the same
+        distribution. One call as before when nothing is scaffolded (the baseline stays stock
+        TRL), with vLLM or continuous batching (no padding there), and under ZeRO-3/FSDP
+        (every process must run the same number of forward passes).
+        """
+        k = int(getattr(self, "rollout_buckets", 1))
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+        )
+        if k <= 1 or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching or sharded:
+            return self._generate_single_turn(prompt_ids, None, {}, 1)[0]
+        out: list = [None] * len(prompt_ids)
+        for rows in length_buckets([len(p) for p in prompt_ids], k):
+            completions, _ = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
+            for i, c in zip(rows, completions):
+                out[i] = c
+        return out
 
     def _log_scaffold_metrics(self, plans, rollout_ids, clean_ids) -> None:
         device = self.accelerator.device

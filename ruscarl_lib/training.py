@@ -568,6 +568,7 @@ def run_training(
             scaffold=params.scaffold,
             total_steps=tp.max_steps,
             rollout_sink=sink,
+            rollout_buckets=tp.rollout_buckets,
         )
         check_built_trainer(trainer, params, backend, run_dir, world_size=state.num_processes)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -270,6 +270,25 @@ def test_api_key_never_appears_in_logs_outputs_or_errors(server, monkeypatch, ca
     assert "RUSCARL_TEST_JUDGE_KEY" in str(e.value) and key not in str(e.value)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None and os.environ.get("CI") != "true",
+                    reason="aiohttp not installed")
+def test_both_transports_send_the_same_request(server, monkeypatch):
+    """The direct aiohttp client (judges/http.py) replaces the openai client's transport only:
+    same route, JSON body, content type and bearer key as the openai client sends."""
+    monkeypatch.setenv("RUSCARL_TEST_JUDGE_KEY", "sk-same")
+    seen = {}
+    for backend in ("httpx", "aiohttp"):
+        server.reset_counters()
+        judge = OpenAIJudge(jp(server, http_backend=backend, api_key_env="RUSCARL_TEST_JUDGE_KEY",
+                               mode="batched", criteria_per_call=3, seed=7, extra_body={"top_k": 5}))
+        grade(judge, items_for(["water, ibuprofen. Stra\u00dfe \u2014 ok"], CRITERIA[:3]))
+        (headers,) = server.headers
+        seen[backend] = (server.bodies[0], headers["authorization"], headers["content-type"].split(";")[0])
+    assert seen["aiohttp"] == seen["httpx"]
+    assert seen["httpx"][1:] == ("Bearer sk-same", "application/json")
+    assert seen["httpx"][0]["messages"][-1]["content"].count("Stra\u00dfe \u2014") == 1
+
+
 def test_no_key_env_uses_placeholder(server):
     judge = OpenAIJudge(jp(server))
     grade(judge, items_for(["water"], CRITERIA[:1]))

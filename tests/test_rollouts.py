@@ -448,3 +448,140 @@ def test_two_processes_keep_groups_and_seeds(model_dir, tmp_path):
     assert len(mp) == len(sp) == 3 * 4
     assert mp[cols].equals(sp[cols])
     assert [list(x) for x in mp["shown"]] == [list(x) for x in sp["shown"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Length-bucketed generation of scaffolded rollouts
+# --------------------------------------------------------------------------------------------
+
+
+def test_length_buckets_are_optimal_and_cover_every_row():
+    import itertools
+    import random
+
+    from ruscarl_lib.rollouts import length_buckets
+
+    def cost(buckets, lengths):
+        return sum(len(b) * max(lengths[i] for i in b) for b in buckets)
+
+    rng = random.Random(0)
+    for _ in range(60):
+        n = rng.randint(1, 8)
+        lengths = [rng.choice([5, 9, 9, 20, 31, 44]) for _ in range(n)]
+        for k in (1, 2, 3, 8):
+            buckets = length_buckets(lengths, k)
+            assert sorted(i for b in buckets for i in b) == list(range(n))
+            assert len(buckets) <= k and all(b == sorted(b) for b in buckets)
+            # brute force over every split of the sorted rows into at most k runs
+            order = sorted(range(n), key=lambda i: (lengths[i], i))
+            best = min(
+                cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, n))], lengths)
+                for m in range(min(k, n))
+                for cuts in itertools.combinations(range(1, n), m)
+            )
+            assert cost(buckets, lengths) == best
+    assert length_buckets([7, 7, 7, 7], 4) == [[0, 1, 2, 3]]  # nothing gained: one batch
+    assert length_buckets([30, 5, 30, 5], 2) == [[1, 3], [0, 2]]
+    assert length_buckets([], 3) == []
+
+
+def _greedy_cls(one_at_a_time: bool = False):
+    """A trainer that decodes greedily; optionally generating every prompt on its own."""
+    from ruscarl_lib.contract import ContractProbe
+
+    class Greedy(ContractProbe):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.generation_config.do_sample = False
+            self.generation_kwargs["do_sample"] = False
+
+        def _generate_bucketed(self, prompt_ids, scaffolded):
+            if not one_at_a_time:
+                return super()._generate_bucketed(prompt_ids, scaffolded)
+            return [self._generate_single_turn([p], None, {}, 1)[0][0] for p in prompt_ids]
+
+    return Greedy
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(model_dir, tmp_path_factory) -> Path:
+    """The tiny model with its weight matrices scaled 8x. At the initial scale every prompt
+    decodes greedily to the same newlines; scaled, logits spread out and the greedy completion
+    depends on the prompt, so comparing completions means something."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    out = tmp_path_factory.mktemp("sharp") / "model"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tmp_path):
+    """Greedy decoding, one RL step of 4 prompts x G=4 with scaffolds: the rollout table with
+    length buckets and without them, each against generating every prompt alone (no padding).
+
+    Padding changes the floating-point sums of a batch, so greedy decoding can pick a different
+    token where the two best logits (nearly) tie. A completion that differs from the
+    one-at-a-time one is accepted only if, at its first differing token, the unpadded model's
+    logits of the two tokens are within 1e-4 of each other (and at most a quarter of the rows
+    may differ); everything else in the table (rows, groups, positions, ratios, shown
+    criteria, prompts) must match exactly."""
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.contract import check_contract
+
+    def run(name: str, buckets: int, one: bool = False):
+        params = tiny_params(sharp_model_dir, tmp_path, name, max_steps=1, prompts_per_step=4,
+                             max_completion_length=8, rollout_buckets=buckets)
+        res = run_training(params, train_examples=make_examples(8), reward_funcs=[keyword_reward],
+                           trainer_cls=_greedy_cls(one))
+        table = read_rollouts(tmp_path / name).sort_values(["rl_step", "group", "sample_index"])
+        calls = [c for c in res.trainer.gen_calls if c["training"]]
+        if not one:  # the loss still sees only clean prompts
+            check_contract(res.trainer)
+        pairs = [pc for c in calls for pc in zip(c["prompt_ids"], c["completion_ids"])]  # row order
+        return table.reset_index(drop=True), calls, pairs
+
+    single, single_calls, single_pairs = run("single", 1)
+    bucketed, bucketed_calls, bucketed_pairs = run("bucketed", 4)
+    truth, truth_calls, truth_pairs = run("alone", 1, one=True)
+    assert [c["batch_sizes"] for c in single_calls] == [[16]]
+    assert len(bucketed_calls) == 1 and len(bucketed_calls[0]["batch_sizes"]) > 1  # really bucketed
+    assert len(truth_calls) == 16 and len(set(truth["rollout_prompt_tokens"])) > 4
+    assert truth["completion"].nunique() >= 8  # completions depend on the prompt
+
+    fixed = ["rl_step", "group", "sample_index", "example_id", "scaffold_ratio", "n_shown",
+             "prompt", "rollout_prompt", "clean_prompt_tokens", "rollout_prompt_tokens"]
+    for table in (single, bucketed):
+        assert table[fixed].equals(truth[fixed])
+        assert [list(x) for x in table["shown"]] == [list(x) for x in truth["shown"]]
+
+    # the model that generated step 1, unpadded (the LoRA adds exactly zero before any update)
+    model = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    with torch.no_grad():
+        for prompt, ref in truth_pairs:  # the trainer's one-at-a-time rows are plain generate's
+            out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=8, eos_token_id=model.config.eos_token_id)
+            assert tuple(out[0, len(prompt):].tolist())[: len(ref)] == ref
+    differing = {}
+    for name, pairs, table in (("single", single_pairs, single), ("bucketed", bucketed_pairs, bucketed)):
+        assert [p for p, _ in pairs] == [p for p, _ in truth_pairs]
+        rows = []
+        for row, ((prompt, got), (_, ref)) in enumerate(zip(pairs, truth_pairs)):
+            if got == ref:
+                continue
+            t = next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)
+            with torch.no_grad():
+                logits = model(torch.tensor([list(prompt) + list(ref[:t])])).logits[0, -1]
+            gap = abs(float(logits[ref[t]] - logits[got[t]]))
+            assert gap < 1e-4, f"{name} row {row} differs from one-at-a-time at token {t}; logit gap {gap}"
+            rows.append(row)
+        differing[name] = rows
+        assert len(rows) <= len(pairs) // 4, differing
+        same = [r for r in range(len(table)) if r not in rows]
+        assert list(table["completion"][same]) == list(truth["completion"][same])

@@ -9,13 +9,14 @@ Why it looks the way it does:
   counted), and re-ask for criteria the grader left out or answered in a broken format.
 - A criterion whose verdict cannot be obtained gets a failed Verdict with a failure kind; it
   is never silently "not met".
-- At high concurrency the judge client is CPU bound, so two choices save CPU per request.
-  Requests go through the official `openai.AsyncOpenAI` client, but via its raw
-  `client.post("/chat/completions", cast_to=bytes)` rather than the typed
-  `chat.completions.create` (which re-validates every message and builds pydantic models);
-  errors, auth and URLs are still the client's. And when aiohttp is installed the client uses
-  its aiohttp transport (`openai.DefaultAioHttpClient`), about half the CPU of httpx's
-  (`http_backend` in params chooses).
+- At high concurrency the judge client is CPU bound, so the request path is kept lean. When
+  aiohttp is installed (`http_backend` in params chooses) requests go through
+  `http.AioHttpChatClient`, a direct aiohttp POST whose URL and headers are built once: the
+  openai client's per-request machinery (request options, URL parsing, header merging, its
+  httpx-to-aiohttp adapter) cost most of the client's CPU. Without aiohttp the official
+  `openai.AsyncOpenAI` client is used through its raw `client.post(..., cast_to=bytes)`
+  rather than the typed `chat.completions.create` (which re-validates every message and
+  builds pydantic models). Both raise the openai exception types, classified below.
 - HTTP clients belong to one event loop: they are opened per loop (TRL grades on its own
   loop thread; tests use asyncio.run) and closed when that loop has no grading left.
 - The API key is read from the environment variable named in params, handed to the client and
@@ -41,6 +42,7 @@ import openai
 
 from ..params import JudgeParams
 from ..rubric import Criterion
+from .http import AioHttpChatClient
 from .prompts import PROMPT_VERSION, GraderOutputError, Scope, build_messages, parse_multi, parse_single, response_format
 from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
 
@@ -113,7 +115,7 @@ class _LoopResources:
 
     def __init__(self, max_concurrency: int) -> None:
         self.semaphore = asyncio.Semaphore(max_concurrency)
-        self.clients: dict[str, list[openai.AsyncOpenAI]] = {}
+        self.clients: dict[str, list[Any]] = {}  # openai.AsyncOpenAI or AioHttpChatClient
         self.next_client: dict[str, int] = {}
         self.users = 0
         self.in_flight = 0
@@ -132,7 +134,6 @@ class _LoopResources:
 def _aiohttp_available() -> bool:
     try:
         import aiohttp  # noqa: F401
-        from openai._vendor import httpx_aiohttp  # noqa: F401
     except ImportError:
         return False
     return True
@@ -256,19 +257,18 @@ class OpenAIJudge(Judge):
             self._loops[loop] = res
         return res
 
-    def _client(self, res: _LoopResources, ep: _Endpoint) -> openai.AsyncOpenAI:
+    def _client(self, res: _LoopResources, ep: _Endpoint) -> Any:
         clients = res.clients.get(ep.url)
         if clients is None:
-            aiohttp = self._backend() == "aiohttp"
-            n = 1 if aiohttp else max(1, math.ceil(self.params.max_concurrency / _CONNECTIONS_PER_CLIENT))
             key = resolve_api_key(self.params.api_key_env)
-            clients = [
-                openai.AsyncOpenAI(
-                    base_url=ep.url, api_key=key, max_retries=0, timeout=self.params.timeout_s,
-                    http_client=openai.DefaultAioHttpClient(timeout=self.params.timeout_s) if aiohttp else None,
-                )
-                for _ in range(n)
-            ]
+            if self._backend() == "aiohttp":
+                clients = [AioHttpChatClient(ep.url, key, self.params.timeout_s)]
+            else:
+                n = max(1, math.ceil(self.params.max_concurrency / _CONNECTIONS_PER_CLIENT))
+                clients = [
+                    openai.AsyncOpenAI(base_url=ep.url, api_key=key, max_retries=0, timeout=self.params.timeout_s)
+                    for _ in range(n)
+                ]
             res.clients[ep.url] = clients
             res.next_client[ep.url] = 0
         i = res.next_client[ep.url]
@@ -276,7 +276,7 @@ class OpenAIJudge(Judge):
         return clients[i]
 
     def _backend(self) -> str:
-        """The transport under the openai client: aiohttp's costs about half the CPU per request."""
+        """The HTTP transport: aiohttp (`AioHttpChatClient`, least CPU) when installed, else httpx."""
         backend = self.params.http_backend
         if backend == "auto":
             return "aiohttp" if _aiohttp_available() else "httpx"
