@@ -213,7 +213,11 @@ class TrainParams(_Section):
     max_steps: int = Field(350, ge=1, description="RL steps (the scaffold schedule's total_steps).")
     save_steps: int = Field(25, ge=1, description="Checkpoint the LoRA every N RL steps.")
     save_total_limit: int | None = Field(3, ge=1)
-    resume: bool = Field(True, description="Continue from the run's last checkpoint if there is one.")
+    resume: bool = Field(
+        True,
+        description="Continue from the run's last checkpoint if there is one; a folder trained with "
+        "other settings (its fingerprint.json) is refused. false: start the folder afresh.",
+    )
     logging_steps: int = Field(1, ge=1, description="In optimizer updates.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N RL steps (no scaffold).")
     num_generations_eval: int | None = Field(None, ge=1)

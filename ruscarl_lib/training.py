@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from .params import Params, TrainParams, load_params, params_from_dict, save_params, set_dotted
+from .fingerprint import RunSettingsChanged, write_fingerprint  # noqa: F401 (re-exported)
 from .paths import resolve_path
 from .run_outputs import (
     ADAPTER_DIR,
@@ -408,8 +409,18 @@ def _checkpoint_step(checkpoint: Path) -> int:
     return int(state["global_step"])
 
 
-def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool) -> Path | None:
-    """Find the checkpoint to resume from and make the logs agree with it."""
+def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool,
+                     fingerprint: dict[str, Any] | None = None) -> Path | None:
+    """Find the checkpoint to resume from and make the logs agree with it.
+
+    With `train.resume` (the default) a folder whose stored fingerprint differs from
+    `fingerprint` is refused (`RunSettingsChanged`, naming the changed keys) before anything in
+    it is touched; `train.resume: false` starts the folder afresh.
+    """
+    if tp.resume and fingerprint is not None:
+        from .fingerprint import check_run_folder
+
+        check_run_folder(run_dir, fingerprint, PARAMS_FILE)
     ckpt_dir = run_dir / CHECKPOINTS_DIR
     last = _last_checkpoint(ckpt_dir) if tp.resume else None
     if not is_main:
@@ -422,11 +433,21 @@ def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool)
         log.info("resuming from %s (optimizer step %d)", last, step)
     else:
         if ckpt_dir.exists() or (run_dir / METRICS_FILE).exists():
-            log.warning("starting %s afresh: removing its old checkpoints, metrics and rollouts", run_dir)
+            log.warning("starting %s afresh: removing its old checkpoints, metrics, rollouts and adapter", run_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / ADAPTER_DIR, ignore_errors=True)
         shutil.rmtree(run_dir / ROLLOUTS_DIR, ignore_errors=True)
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     return last
+
+
+def run_fingerprint(params: Params, data: Any, policy: Policy | None = None,
+                    reward_funcs: Sequence[Any] | None = None) -> dict[str, Any]:
+    """What the run folder's fingerprint.json records (see `fingerprint.training_fingerprint`)."""
+    from .fingerprint import training_fingerprint
+
+    return training_fingerprint(params, data=data, model=policy.model if policy is not None else None,
+                                reward_funcs=reward_funcs)
 
 
 def run_training(
@@ -454,20 +475,24 @@ def run_training(
     state = distributed_state()
     run_dir = run_dir_of(params)
     geo = batch_geometry(tp, state.num_processes)
-    resume_from = _prepare_run_dir(run_dir, tp, geo.optimizer_steps_per_rl_step, state.is_main_process)
+    if train_dataset is None and train_examples is None:
+        from .data_io import load_dataset_from_params
+
+        train_examples = load_dataset_from_params(params.data)
+    fingerprint = run_fingerprint(params, train_examples if train_dataset is None else train_dataset,
+                                  policy, reward_funcs)
+    resume_from = _prepare_run_dir(run_dir, tp, geo.optimizer_steps_per_rl_step, state.is_main_process,
+                                   fingerprint)
     state.wait_for_everyone()
     if state.is_main_process:
         save_params(params, run_dir / PARAMS_FILE)
         write_versions(run_dir)
+        write_fingerprint(run_dir, fingerprint)
 
     seed = params.seed if tp.seed is None else tp.seed
     if policy is None:
         policy = load_policy(tp, seed=seed, backend=backend)
     if train_dataset is None:
-        if train_examples is None:
-            from .data_io import load_dataset_from_params
-
-            train_examples = load_dataset_from_params(params.data)
         train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length)
     if reward_funcs is None:
         reward_funcs = default_reward_funcs(params)
@@ -543,8 +568,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--params", required=False, help="params YAML file (default: schema defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the run folder afresh (train.resume=false) instead of resuming; "
+                             "needed when its settings changed")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    if args.fresh:
+        overrides["train.resume"] = False
     if args.params:
         params = load_params(args.params, overrides)
     else:

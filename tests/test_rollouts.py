@@ -336,6 +336,52 @@ def test_resume_does_not_repeat_steps(model_dir, tmp_path):
     assert got[cols].equals(want[cols])
 
 
+def test_rerun_with_changed_settings_refuses(model_dir, tmp_path):
+    """A run folder remembers what trained it: 3x the learning rate is refused (naming the key,
+    params.yaml untouched), the same settings resume, `train.resume: false` starts afresh, and
+    other data or other weights under the same path are changes too."""
+    from ruscarl_lib.fingerprint import RunSettingsChanged
+
+    examples = make_examples(4)
+    first = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=1e-3)
+    run_training(first, train_examples=examples, reward_funcs=[keyword_reward])
+    run_dir = tmp_path / "fp"
+    saved = (run_dir / "params.yaml").read_text()
+    assert json.loads((run_dir / "fingerprint.json").read_text())["values"]["train.learning_rate"] == 1e-3
+
+    faster = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=3e-3)
+    with pytest.raises(RunSettingsChanged, match=r"train\.learning_rate: 0\.001 -> 0\.003") as err:
+        run_training(faster, train_examples=examples, reward_funcs=[keyword_reward])
+    assert "changed: train.learning_rate)" in str(err.value) and "resume=false" in str(err.value)
+    assert (run_dir / "params.yaml").read_text() == saved
+    with pytest.raises(RunSettingsChanged, match="data.content"):
+        run_training(first, train_examples=make_examples(5)[1:], reward_funcs=[keyword_reward])
+    # keys that do not change training (where it logs) are not part of it
+    again = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=1e-3,
+                        logging_steps=2)
+    resumed = run_training(again, train_examples=examples, reward_funcs=[keyword_reward])
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-2"
+
+    fresh = faster.model_copy(deep=True)
+    fresh.train.resume = False
+    restarted = run_training(fresh, train_examples=examples, reward_funcs=[keyword_reward])
+    assert restarted.resumed_from is None and restarted.global_step == 2
+    assert json.loads((run_dir / "fingerprint.json").read_text())["values"]["train.learning_rate"] == 3e-3
+    assert "0.003" in (run_dir / "params.yaml").read_text()
+
+    # the same model path holding other weights
+    import shutil
+
+    other = tmp_path / "model_copy"
+    shutil.copytree(model_dir, other)
+    moved = tiny_params(other, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=3e-3)
+    assert run_training(moved, train_examples=examples, reward_funcs=[keyword_reward]).resumed_from is not None
+    weights = next(other.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(RunSettingsChanged, match="model.weights"):
+        run_training(moved, train_examples=examples, reward_funcs=[keyword_reward])
+
+
 def test_script_entry_point(model_dir, tmp_path):
     """`python -m ruscarl_lib.training --params f.yaml --set k=v`: YAML, overrides, the data
     section (embedded sample) and the judge section, as `accelerate launch` would run it."""
