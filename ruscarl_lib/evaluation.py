@@ -8,8 +8,9 @@ Three stages, each resumable on its own, all writing under one output folder:
 
 A chunk file appears only complete (written under a temporary name, then renamed), so after
 an interruption the finished chunks are kept and only missing ones are redone. A manifest per
-stage records what produced the chunks (model, sampling, judge, dataset); resuming with
-different settings is refused rather than silently mixing two evaluations.
+stage records what produced the chunks (the weights by content hash, sampling, judge, dataset);
+resuming with different settings, or new weights saved under the same adapter path, is refused
+rather than silently reusing or mixing two evaluations (`overwrite=True` starts over).
 
 Evaluation prompts are the clean conversations: scaffolds belong to training rollouts only
 (METHOD.md section 4). The pure parts (grading a responses table with any Judge, building the
@@ -392,8 +393,8 @@ def generate_responses(
     if backend == "transformers" and (model is None or tokenizer is None):
         raise ValueError("backend 'transformers' needs a loaded model and tokenizer")
     fingerprint = {
-        "stage": "generate", "backend": backend, "model": model_name or _model_label(model),
-        "adapter": adapter, "sampling": cfg.sample_fingerprint(), "examples": _examples_fingerprint(examples),
+        "stage": "generate", "backend": backend, "weights": _weights_identity(backend, model, model_name, adapter),
+        "sampling": cfg.sample_fingerprint(), "examples": _examples_fingerprint(examples),
     }
     store = ChunkStore(Path(out_dir) / GENERATIONS_DIR, fingerprint, overwrite=overwrite)
     prompts = eval_prompts(examples)
@@ -422,11 +423,16 @@ def generate_responses(
     return store.read(range(len(chunks))).reset_index(drop=True)
 
 
-def _model_label(model: Any) -> str | None:
-    if model is None:
-        return None
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "_name_or_path", None) or type(model).__name__
+def _weights_identity(backend: str, model: Any, model_name: str | None, adapter: str | None) -> dict[str, Any]:
+    """What the answers were generated from, by content: the loaded model's weights in memory
+    (base plus adapter) for transformers, the files of the model and the adapter for vLLM (a
+    hub id stays an id). Paths are not part of it: new weights saved under an old adapter
+    path are a new evaluation, and a moved adapter is the same one."""
+    from .fingerprint import model_identity, module_weights_digest
+
+    if backend == "transformers" and model is not None:
+        return {"model": "sha256:" + module_weights_digest(model)}
+    return {"model": model_identity(model_name), "adapter": model_identity(adapter)}
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0, unit: str = "it"):
