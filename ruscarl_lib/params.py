@@ -200,7 +200,12 @@ class TrainParams(_Section):
     )
     max_completion_length: int = Field(4096, ge=1)
     max_scaffold_tokens: int = Field(
-        1024, ge=0, description="Room a scaffold may add to a prompt (sizes the engine's context)."
+        1024, ge=0,
+        description="Room a scaffold may add to a prompt (sizes the engine's context); examples whose "
+        "full-rubric scaffold is longer are handled per `overlong_scaffold`.",
+    )
+    overlong_scaffold: Literal["drop", "error"] = Field(
+        "drop", description="drop: leave such examples out (count logged); error: stop before training."
     )
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.8, gt=0, le=1)

@@ -340,11 +340,35 @@ def prompt_length(tokenizer, messages: list[dict]) -> int:
     return len(ids["input_ids"])
 
 
-def build_train_dataset(examples: Sequence[Any], tokenizer, max_prompt_length: int):
-    """Training rows for `examples`, without those whose clean prompt is too long.
+def scaffold_length(tokenizer, example: Any, scaffold: Any = None) -> int:
+    """Tokens the full-rubric scaffold adds to `example`'s prompt (rendered with the scaffold
+    settings: points shown or not, the no-reveal line): the most any rollout can add."""
+    from .scaffold import render_scaffold
+
+    show_points = scaffold.show_points if scaffold is not None else True
+    warn = scaffold.warn_no_reveal if scaffold is not None else True
+    full = render_scaffold(example.messages, list(example.rubric), show_points=show_points, warn_no_reveal=warn)
+    return prompt_length(tokenizer, full) - prompt_length(tokenizer, example.messages)
+
+
+def build_train_dataset(
+    examples: Sequence[Any],
+    tokenizer,
+    max_prompt_length: int,
+    *,
+    max_scaffold_tokens: int | None = None,
+    scaffold: Any = None,
+    overlong_scaffold: str = "drop",
+):
+    """Training rows for `examples`, without those whose clean prompt is too long, and (with
+    `max_scaffold_tokens`) without those whose full-rubric scaffold would add more tokens.
 
     verl drops overlong prompts too (instead of truncating the conversation): a cut
-    conversation would be graded against a rubric written for the whole one.
+    conversation would be graded against a rubric written for the whole one. The scaffold
+    limit sizes the generation engine's context (prompt + scaffold + completion), so a longer
+    scaffold would be cut or overflow there; `overlong_scaffold: error` stops before training
+    instead of dropping. The limit applies with scaffolds off as well, so RuscaRL and the
+    baseline train on the same rows.
     """
     from .rollouts import to_train_dataset
 
@@ -356,8 +380,26 @@ def build_train_dataset(examples: Sequence[Any], tokenizer, max_prompt_length: i
             "dropped %d of %d examples whose prompt exceeds max_prompt_length=%d (first: %s)",
             len(dropped), len(examples), max_prompt_length, dropped[0].id,
         )
+    if max_scaffold_tokens is not None:
+        if overlong_scaffold not in ("drop", "error"):
+            raise ValueError(f"overlong_scaffold must be 'drop' or 'error', got {overlong_scaffold!r}")
+        lengths = [(ex, scaffold_length(tokenizer, ex, scaffold)) for ex in kept]
+        over = [(ex, n) for ex, n in lengths if n > max_scaffold_tokens]
+        if over and overlong_scaffold == "error":
+            worst = max(over, key=lambda x: x[1])
+            raise ValueError(
+                f"{len(over)} of {len(kept)} examples have a full-rubric scaffold longer than "
+                f"train.max_scaffold_tokens={max_scaffold_tokens} (longest: example {worst[0].id!r}, "
+                f"{worst[1]} tokens); raise the limit or set train.overlong_scaffold: drop"
+            )
+        if over:
+            log.warning(
+                "dropped %d of %d examples whose full-rubric scaffold exceeds max_scaffold_tokens=%d "
+                "(first: %s, %d tokens)", len(over), len(kept), max_scaffold_tokens, over[0][0].id, over[0][1],
+            )
+            kept = [ex for ex, n in lengths if n <= max_scaffold_tokens]
     if not kept:
-        raise ValueError("no example fits max_prompt_length")
+        raise ValueError("no example fits max_prompt_length and max_scaffold_tokens")
     return to_train_dataset(kept)
 
 
@@ -493,7 +535,9 @@ def run_training(
     if policy is None:
         policy = load_policy(tp, seed=seed, backend=backend)
     if train_dataset is None:
-        train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length)
+        train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length,
+                                            max_scaffold_tokens=tp.max_scaffold_tokens, scaffold=params.scaffold,
+                                            overlong_scaffold=tp.overlong_scaffold)
     if reward_funcs is None:
         reward_funcs = default_reward_funcs(params)
     if params.scaffold.binary_k is not None and params.scaffold.binary_k > tp.group_size:

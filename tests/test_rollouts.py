@@ -407,6 +407,33 @@ def test_script_entry_point(model_dir, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def test_max_scaffold_tokens_drops_or_refuses_overlong_rubrics(model_dir, caplog):
+    import logging
+
+    from ruscarl_lib.params import ScaffoldParams
+    from ruscarl_lib.rubric import Criterion, RubricExample
+    from ruscarl_lib.tiny_model import load_tokenizer
+    from ruscarl_lib.training import build_train_dataset, scaffold_length
+
+    tok = load_tokenizer(str(model_dir))
+    examples = make_examples(3)
+    long_rubric = [Criterion(f"The response explains point number {i} about headaches in detail", 2.0)
+                   for i in range(40)]
+    examples.append(RubricExample(id="long", messages=examples[0].messages, rubric=long_rubric))
+    lengths = {ex.id: scaffold_length(tok, ex) for ex in examples}
+    limit = max(v for k, v in lengths.items() if k != "long")
+    assert lengths["long"] > limit
+    # points shown or not changes the measured length (the scaffold settings are used)
+    assert scaffold_length(tok, examples[-1], ScaffoldParams(show_points=False)) < lengths["long"]
+    with caplog.at_level(logging.WARNING, logger="ruscarl_lib.training"):
+        ds = build_train_dataset(examples, tok, 128, max_scaffold_tokens=limit)
+    assert "long" not in ds["example_id"] and len(ds) == 3
+    assert "dropped 1 of 4 examples whose full-rubric scaffold exceeds max_scaffold_tokens" in caplog.text
+    with pytest.raises(ValueError, match="example 'long'"):
+        build_train_dataset(examples, tok, 128, max_scaffold_tokens=limit, overlong_scaffold="error")
+    assert len(build_train_dataset(examples, tok, 128)) == 4  # no limit given: everything kept
+
+
 def test_trl_version_guard(monkeypatch):
     import trl
 
