@@ -77,7 +77,20 @@ class JudgeParams(_Section):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=1)
     structured_output: bool = True
-    failure_policy: Literal["exclude", "worst_case", "not_met"] = "exclude"
+    failure_policy: Literal["exclude", "worst_case", "not_met"] = Field(
+        "exclude", description="Evaluation: how a failed verdict is scored (exclude: left out)."
+    )
+    train_failure_policy: Literal["exclude", "worst_case", "not_met"] = Field(
+        "worst_case",
+        description="Training reward: worst_case counts a failed positive criterion not met and a "
+        "failed negative one met, so making the judge fail never escapes a penalty.",
+    )
+    max_failure_rate: float = Field(
+        0.1, ge=0, le=1,
+        description="Training stops (checkpoint kept) when more than this share of criteria fail "
+        "to be graded ...",
+    )
+    failure_patience: int = Field(5, ge=1, description="... in this many consecutive RL steps.")
     cache_path: str | None = Field("outputs/judge_cache.sqlite")
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, description="Sampling seed sent to the judge server, if any.")

@@ -483,6 +483,53 @@ def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool,
     return last
 
 
+class JudgeFailureStop:
+    """Stops training at an RL-step boundary, saving a checkpoint, once a reward's
+    `failure_guard` has tripped on any process; `raise_if_stopped` then names the reason."""
+
+    def __init__(self, reward_funcs: Sequence[Any], per_rl: int) -> None:
+        self.guards = [g for g in (getattr(f, "failure_guard", None) for f in reward_funcs) if g is not None]
+        self.per_rl = per_rl
+        self.stopped_at: int | None = None
+
+    def _any_process(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return flag
+        from accelerate.utils import reduce
+
+        return bool(reduce(torch.tensor([float(flag)], device=distributed_state().device), "sum").item() > 0)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stop = self
+
+        class StopOnJudgeFailures(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step % stop.per_rl:
+                    return
+                if stop._any_process(any(g.tripped for g in stop.guards)):
+                    stop.stopped_at = state.global_step
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return StopOnJudgeFailures()
+
+    def raise_if_stopped(self, run_dir: Path) -> None:
+        if self.stopped_at is None:
+            return
+        from .reward import JudgeFailureError
+
+        reason = next((g.tripped for g in self.guards if g.tripped), "on another process")
+        raise JudgeFailureError(
+            f"training stopped at RL step {self.stopped_at // self.per_rl}: {reason} The checkpoint "
+            f"{run_dir / CHECKPOINTS_DIR / f'checkpoint-{self.stopped_at}'} is kept; rerunning resumes from it."
+        )
+
+
 def run_fingerprint(params: Params, data: Any, policy: Policy | None = None,
                     reward_funcs: Sequence[Any] | None = None) -> dict[str, Any]:
     """What the run folder's fingerprint.json records (see `fingerprint.training_fingerprint`)."""
@@ -545,6 +592,7 @@ def run_training(
 
     from .rollouts import ScaffoldedGRPOTrainer
 
+    judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
     sinks = list(rollout_sinks)
     if tp.log_rollouts:
@@ -565,12 +613,14 @@ def run_training(
         eval_dataset=eval_dataset,
         processing_class=policy.tokenizer,
         peft_config=policy.peft_config,
-        callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}), *callbacks],
+        callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}),
+                   judge_stop.callback(), *callbacks],
         scaffold=params.scaffold,
         total_steps=tp.max_steps,
         rollout_sink=sink,
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    judge_stop.raise_if_stopped(run_dir)
 
     adapter_dir = run_dir / ADAPTER_DIR
     trainer.save_model(str(adapter_dir))

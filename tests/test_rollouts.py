@@ -382,6 +382,23 @@ def test_rerun_with_changed_settings_refuses(model_dir, tmp_path):
         run_training(moved, train_examples=examples, reward_funcs=[keyword_reward])
 
 
+def test_judge_failing_for_several_steps_stops_training_with_checkpoint(model_dir, tmp_path):
+    """The rule judge cannot grade the toy criteria (no verifier tags): every verdict fails, and
+    training stops after `failure_patience` steps with a clear error, checkpoint kept."""
+    from ruscarl_lib.reward import JudgeFailureError
+
+    params = tiny_params(model_dir, tmp_path, "judge_down", max_steps=6, save_steps=100)
+    params.judge.cache_path = None
+    params.judge.failure_patience = 2
+    with pytest.raises(JudgeFailureError, match="failed on more than 10% of criteria for 2 consecutive steps"):
+        run_training(params, train_examples=make_examples(4))
+    ckpts = sorted(p.name for p in (tmp_path / "judge_down" / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-2"]
+    assert not (tmp_path / "judge_down" / "adapter").exists()
+    # worst_case scoring: the failed negative criterion counted met, so rewards are negative
+    assert (read_rollouts(tmp_path / "judge_down")["reward"] < 0).all()
+
+
 def test_script_entry_point(model_dir, tmp_path):
     """`python -m ruscarl_lib.training --params f.yaml --set k=v`: YAML, overrides, the data
     section (embedded sample) and the judge section, as `accelerate launch` would run it."""
