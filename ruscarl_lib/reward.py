@@ -104,7 +104,7 @@ def _tags(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, dict):
-        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None)
+        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None and str(v).strip())
     if hasattr(value, "tolist"):
         value = value.tolist()
     return tuple(str(t) for t in value)
