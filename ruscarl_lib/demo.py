@@ -165,15 +165,25 @@ def stage_inputs_digest(stage: Stage, upstream: dict[str, str]) -> str:
 
 
 def demo_headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a reader wants first: held-out scores of the three policies, the bottleneck."""
+    """The numbers a reader wants first: held-out scores of the three policies (HealthBench's
+    clipped mean, and the unclipped mean next to it: clipping to 0 hides a policy that keeps
+    tripping negative criteria), the share of zero-variance groups over each training run
+    (groups that gave GRPO no gradient), and the bottleneck."""
     world = results.get("00_sandbox_world", {})
-    scores = {name: results.get(f"04_evaluate_{name}", {}).get("score")
-              for name in ("start", "ruscarl", "baseline")}
+    names = ("start", "ruscarl", "baseline")
+    evals = {name: results.get(f"04_evaluate_{name}", {}) for name in names}
+    scores = {name: evals[name].get("score") for name in names}
+    unclipped = {name: evals[name].get("unclipped_score") for name in names}
     headline = {
         "heldout_score": scores,
+        "heldout_unclipped_score": unclipped,
+        "train_zero_variance_frac": {arm: results.get(f"03_train_{arm}", {}).get("zero_var_frac")
+                                     for arm in ("ruscarl", "baseline")},
         "start_unhinted_score": world.get("unhinted_score"),
         "start_hinted_score": world.get("hinted_score"),
     }
     if scores["ruscarl"] is not None and scores["baseline"] is not None:
         headline["ruscarl_minus_baseline"] = round(scores["ruscarl"] - scores["baseline"], 4)
+    if unclipped["ruscarl"] is not None and unclipped["baseline"] is not None:
+        headline["ruscarl_minus_baseline_unclipped"] = round(unclipped["ruscarl"] - unclipped["baseline"], 4)
     return headline

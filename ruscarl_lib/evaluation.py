@@ -615,7 +615,8 @@ def response_scores(verdicts: pd.DataFrame, failure_policy: FailurePolicy = "exc
 @dataclass
 class EvalReport:
     """The numbers of one evaluation. `score`/`std` are HealthBench's clipped mean and its
-    bootstrap std over all graded responses; `tags` holds every axis:/theme:/... score."""
+    bootstrap std over all graded responses; `unclipped_score` the plain mean (negative when
+    penalties outweigh points); `tags` holds every axis:/theme:/... score."""
 
     score: float
     std: float
@@ -628,6 +629,7 @@ class EvalReport:
     verdicts: dict[str, Any]
     judge: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    unclipped_score: float = float("nan")
 
     @property
     def axis_scores(self) -> pd.DataFrame:
@@ -651,7 +653,7 @@ class EvalReport:
 
     def summary(self) -> str:
         return (f"HealthBench score {100 * self.score:.1f} +- {100 * self.std:.1f} "
-                f"({self.n_scored} responses to {self.n_examples} prompts, failure policy {self.failure_policy})")
+                f"(unclipped mean {100 * self.unclipped_score:.1f}; {self.n_scored} responses to {self.n_examples} prompts, failure policy {self.failure_policy})")
 
 
 def _clean(x: Any) -> Any:
@@ -706,7 +708,7 @@ def build_report(
         "met_frac": float(verdicts["met"].dropna().astype(bool).mean()) if verdicts["met"].notna().any() else math.nan,
     }
     return EvalReport(
-        score=agg.score, std=agg.std, n_scored=agg.n,
+        score=agg.score, std=agg.std, n_scored=agg.n, unclipped_score=agg.unclipped,
         n_examples=int(responses["example_id"].nunique()), n_responses=int(len(responses)),
         failure_policy=str(failure_policy), tags=tags, lengths=lengths, verdicts=verdict_counts,
         judge=_stats_dict(judge_stats),

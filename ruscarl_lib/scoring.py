@@ -105,11 +105,16 @@ def example_score(
 
 @dataclass
 class AggregateScore:
-    """A benchmark number: clipped mean, its bootstrap std, and how many scores went in."""
+    """A benchmark number: clipped mean, its bootstrap std, and how many scores went in.
+
+    `unclipped` is the plain mean of the per-response scores, which may be negative: the
+    clipped score hides how far below zero a policy that trips negative criteria sits (two
+    policies at clipped 0.0 can differ), so comparisons report both."""
 
     score: float
     std: float
     n: int
+    unclipped: float = float("nan")
 
 
 def aggregate_score(
@@ -125,9 +130,10 @@ def aggregate_score(
     n = int(values.size)
     if n == 0:
         return AggregateScore(float("nan"), float("nan"), 0)
-    score = float(np.clip(values.mean(), 0.0, 1.0))
+    unclipped = float(values.mean())
+    score = float(np.clip(unclipped, 0.0, 1.0))
     if n_bootstrap < 1:
-        return AggregateScore(score, float("nan"), n)
+        return AggregateScore(score, float("nan"), n, unclipped)
     rng = np.random.default_rng(seed)
     means = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // n)  # bound memory for large evaluation sets
@@ -136,7 +142,7 @@ def aggregate_score(
         idx = rng.integers(0, n, size=(stop - start, n))
         means[start:stop] = values[idx].mean(axis=1)
     std = float(np.std(np.clip(means, 0.0, 1.0)))
-    return AggregateScore(score, std, n)
+    return AggregateScore(score, std, n, unclipped)
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,3 +90,15 @@ def test_an_interrupted_stage_resumes_instead_of_starting_over(tmp_path, fake_no
     ran = dict(calls)
     assert "fresh" not in ran["03_train_ruscarl"]  # same inputs: resume from its checkpoint
     assert "04_evaluate_ruscarl" not in ran  # its output (summary) did not change
+
+
+def test_headline_reports_unclipped_scores_and_zero_variance_next_to_clipped():
+    results = {"00_sandbox_world": {"unhinted_score": 0.0, "hinted_score": 0.7},
+               "03_train_ruscarl": {"zero_var_frac": 0.4}, "03_train_baseline": {"zero_var_frac": 0.97},
+               "04_evaluate_start": {"score": 0.0, "unclipped_score": -0.05},
+               "04_evaluate_ruscarl": {"score": 0.4, "unclipped_score": 0.38},
+               "04_evaluate_baseline": {"score": 0.0, "unclipped_score": -0.01}}
+    h = demo.demo_headline(results)
+    assert h["heldout_score"]["baseline"] == 0.0 and h["heldout_unclipped_score"]["baseline"] == -0.01
+    assert h["train_zero_variance_frac"] == {"ruscarl": 0.4, "baseline": 0.97}
+    assert h["ruscarl_minus_baseline"] == 0.4 and h["ruscarl_minus_baseline_unclipped"] == pytest.approx(0.39)

@@ -79,6 +79,7 @@ def test_example_score_rejects_bad_input():
 def test_clip_is_applied_to_the_mean_not_per_example():
     agg = aggregate_score([-1.0, 0.5], n_bootstrap=10)
     assert agg.score == 0.0  # mean -0.25 clipped; per-example clipping would give 0.25
+    assert agg.unclipped == pytest.approx(-0.25)  # reported next to it: clipping hides this
     assert aggregate_score([1.4, 1.2], n_bootstrap=10).score == 1.0
     assert aggregate_score([0.2, 0.4, 0.9]).score == pytest.approx(0.5)
 
