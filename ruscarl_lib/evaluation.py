@@ -615,7 +615,7 @@ def response_scores(verdicts: pd.DataFrame, failure_policy: FailurePolicy = "exc
 @dataclass
 class EvalReport:
     """The numbers of one evaluation. `score`/`std` are HealthBench's clipped mean and its
-    bootstrap std over all graded responses; `unclipped_score` the plain mean (negative when
+    bootstrap std over all graded responses (resampling prompts with all their answers); `unclipped_score` the plain mean (negative when
     penalties outweigh points); `tags` holds every axis:/theme:/... score."""
 
     score: float
@@ -677,6 +677,10 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def _prompt_of(pseudo_id: str) -> str:
+    return str(pseudo_id).rsplit("#", 1)[0]
+
+
 def build_report(
     verdicts: pd.DataFrame,
     responses: pd.DataFrame,
@@ -688,8 +692,9 @@ def build_report(
 ) -> EvalReport:
     """HealthBench score, per-tag scores, response lengths and judge accounting of one evaluation."""
     table = _scoring_table(verdicts) if len(verdicts) else pd.DataFrame(columns=list(VERDICT_COLUMNS))
-    agg = overall_score(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed)
-    tags = tag_scores(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed)
+    # rows are answers (`id#k`); the bootstrap resamples prompts, all their answers together
+    agg = overall_score(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed, group_of=_prompt_of)
+    tags = tag_scores(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed, group_of=_prompt_of)
     n_tokens = responses["n_tokens"].to_numpy(dtype=np.float64) if "n_tokens" in responses else np.array([])
     chars = responses["response"].astype(str).str.len().to_numpy(dtype=np.float64)
     lengths = {

@@ -131,6 +131,17 @@ def test_bootstrap_std_is_reproducible_and_seeded():
     pd.testing.assert_frame_equal(a.tags, b.tags)
 
 
+def test_report_bootstraps_over_prompts():
+    from ruscarl_lib.scoring import aggregate_score
+
+    verdicts = grade_responses(_responses(), _examples(), KeywordJudge(), progress=False)
+    report = build_report(verdicts, _responses(), n_bootstrap=500, seed=1)
+    scores = response_scores(verdicts)
+    by_prompt = aggregate_score(scores["score"], n_bootstrap=500, seed=1, groups=scores["example_id"])
+    assert report.std == pytest.approx(by_prompt.std)
+    assert report.std != pytest.approx(aggregate_score(scores["score"], n_bootstrap=500, seed=1).std)
+
+
 def test_grading_resumes_from_saved_chunks(tmp_path):
     judge = KeywordJudge()
     first = grade_responses(_responses(), _examples(), judge, tmp_path, chunk_size=2, progress=False)
