@@ -231,6 +231,8 @@ def test_shipped_ablation_sweep_expands_and_validates():
     assert len(runs) == 18
     merf = [r for r in runs if r.varied.get("scaffold.binary_k") == 8 and "scaffold.step_decay" in r.varied]
     assert len(merf) == 1 and merf[0].settings["scaffold.alpha"] == 125.0
+    # MeRF keeps the rubric in the prompt for generation and for the loss (METHOD.md section 7)
+    assert merf[0].settings["scaffold.in_loss"] is True and merf[0].settings["scaffold.step_decay"] == "constant"
 
 
 def test_templated_parameters_are_filled_per_run(tmp_path):
