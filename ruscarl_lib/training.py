@@ -509,8 +509,8 @@ class JudgeFailureStop:
 
         class StopOnJudgeFailures(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step % stop.per_rl:
-                    return
+                if not stop.guards or state.global_step % stop.per_rl:
+                    return  # (the same reward functions on every process: all return together)
                 if stop._any_process(any(g.tripped for g in stop.guards)):
                     stop.stopped_at = state.global_step
                     control.should_save = True
