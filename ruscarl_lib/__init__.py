@@ -1,12 +1,6 @@
-"""RuscaRL suite: rubric-scaffolded GRPO as a Jupyter-first experiment library.
-
+"""RuscaRL suite library. `__version__` matches pyproject.toml (a test checks it); run
+fingerprints include it, so a new release does not silently continue an older release's run.
 Kept light on purpose: importing the package must not import torch, transformers or TRL
-(Unsloth has to be imported before them on a GPU).
-"""
+(Unsloth has to be imported before them on a GPU)."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("ruscarl-lib")
-except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-    __version__ = "0+unknown"
+__version__ = "0.1.0"

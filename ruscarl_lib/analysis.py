@@ -745,9 +745,29 @@ def _interval(score: float, std: float, z: float) -> tuple[float, float]:
     return max(0.0, score - z * std), min(1.0, score + z * std)
 
 
+def train_zero_variance_frac(adapter: str | Path | None) -> float:
+    """Share of zero-variance groups over the training run that saved `adapter` (its run
+    folder's rollout table, else its logged `frac_reward_zero_std`); NaN when unknown."""
+    if not adapter:
+        return float("nan")
+    run_dir = resolve_path(adapter).parent
+    if not _is_run_dir(run_dir):
+        return float("nan")
+    run = TrainingRun(run_dir.name, run_dir, read_metrics(run_dir), read_rollouts(run_dir), None)
+    groups = group_table([run])
+    groups = groups[groups["zero_variance"].notna()] if len(groups) else groups
+    if len(groups):
+        return float(groups["zero_variance"].astype(float).mean())
+    if "frac_reward_zero_std" in run.metrics:
+        return float(run.metrics["frac_reward_zero_std"].mean())
+    return float("nan")
+
+
 def eval_table(evals: Sequence[EvalResult], z: float = 1.96) -> pd.DataFrame:
     """One row per evaluation: HealthBench score with a normal interval from its bootstrap std
-    (score +- z std, clipped to [0, 1]), sizes, lengths, judge failures and novelty."""
+    (score +- z std, clipped to [0, 1]), the unclipped mean score (negative when penalties
+    outweigh points, which clipping hides), the zero-variance share of groups over the training
+    run that produced the adapter (NaN for none), sizes, lengths, judge failures and novelty."""
     rows = []
     for e in evals:
         r = e.report
@@ -757,6 +777,8 @@ def eval_table(evals: Sequence[EvalResult], z: float = 1.96) -> pd.DataFrame:
         lo, hi = _interval(score, std, z)
         rows.append({
             "eval": e.name, "score": score, "std": std, "ci_low": lo, "ci_high": hi,
+            "unclipped_score": _num(r.get("unclipped_score")),
+            "train_zero_var_frac": train_zero_variance_frac(extra.get("adapter")),
             "n_scored": r.get("n_scored"), "n_examples": r.get("n_examples"), "n_responses": r.get("n_responses"),
             "mean_tokens": _num((r.get("lengths") or {}).get("mean_tokens")),
             "failed_frac": _num((r.get("verdicts") or {}).get("failed_frac")),
@@ -823,6 +845,7 @@ def eval_summary(report: Any, best_of_n: pd.DataFrame | None = None, novelty: di
     lo, hi = _interval(_num(report.score), _num(report.std), 1.96)
     out: dict[str, Any] = {
         "score": report.score, "std": report.std, "ci_low": lo, "ci_high": hi,
+        "unclipped_score": getattr(report, "unclipped_score", float("nan")),
         "n_scored": report.n_scored, "n_examples": report.n_examples, "n_responses": report.n_responses,
         "axis": {r.tag.split(":", 1)[1]: r.score for r in report.axis_scores.itertuples()},
         "lengths": dict(report.lengths),
@@ -841,7 +864,8 @@ def analysis_summary(runs: Sequence[TrainingRun], evals: Sequence[EvalResult] = 
     score and interval (`eval_table`), and what the runs did not log."""
     runs_table = run_summary(runs, edge_frac) if runs else pd.DataFrame(columns=["run"])
     evals_table = eval_table(evals)
-    keep = ["score", "std", "ci_low", "ci_high", "n_scored", "mean_tokens", "failed_frac", "novelty_median"]
+    keep = ["score", "std", "ci_low", "ci_high", "unclipped_score", "train_zero_var_frac", "n_scored",
+            "mean_tokens", "failed_frac", "novelty_median"]
     return json_ready({
         "n_runs": len(runs),
         "n_evals": len(evals),

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                            "the CPU sandbox (training and evaluation included)")
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--params", default=None, help="params file (default: per suite)")
-    demo.add_argument("--force", action="store_true", help="rerun stages that already finished")
+    demo.add_argument("--force", action="store_true", help="rerun every stage from scratch (retrain, regrade); without it a finished "
+                           "stage is kept when its inputs are unchanged")
 
     run = sub.add_parser("run", help="execute one notebook through papermill")
     run.add_argument("notebook")

@@ -160,7 +160,9 @@ def _check_tag(tag: Any) -> str:
 def _dict_tags(raw: dict[Any, Any]) -> tuple[str, ...]:
     pairs = []
     for key, value in raw.items():
-        if value is None:
+        # None and "" both mean "no value": other converters write cluster: "" for criteria
+        # outside any cluster, where the official files have no cluster key at all
+        if value is None or (isinstance(value, str) and not value.strip()):
             continue
         if not isinstance(key, str) or not isinstance(value, str):
             raise TagFormatError(f"tag {key!r}: {value!r} is not a string pair")
@@ -173,7 +175,7 @@ def normalize_tags(raw: Any) -> tuple[str, ...]:
     """Tags in any stored form, as a tuple of `key:value` strings.
 
     Accepts None (no tags), a list/tuple/numpy array of strings, a dict such as
-    `{"axis": "accuracy", "cluster": None, "level": "example"}` (None values skipped), a JSON
+    `{"axis": "accuracy", "cluster": None, "level": "example"}` (None and "" values skipped), a JSON
     list string, numpy's string form of an array (`"['level:example' 'axis:accuracy']"`, may
     span lines), a JSON object string, or one `key:value` string. Raises TagFormatError for
     anything else, and for any tag that is not a string with a colon.

@@ -9,6 +9,14 @@ policy and both trained ones on the held-out split without scaffolds (04 three t
 compare them (05). Every stage writes its executed copy and a `summary.json`; a stage that
 already finished is kept unless `force` is set, so an interrupted demo resumes where it stopped.
 One HTML report stitches the executed notebooks together.
+
+A finished stage is kept only when its inputs are unchanged: each stage records a digest of
+its notebook's source, its parameters, the content of its params file, the library version
+and what its upstream stages produced (their digests and summaries) in
+`notebooks/<stage>.stage.json`. A stage whose inputs changed, or every stage under `force`,
+runs afresh: training with `fresh=True` (the run folder is restarted, not continued) and
+evaluation with `overwrite=True` (regenerated and regraded, not reused). An interrupted stage
+with unchanged inputs resumes (training from its last checkpoint, evaluation from its chunks).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ruscarl_lib.fingerprint import digest, file_digest
 from ruscarl_lib.paths import resolve_path
 from ruscarl_lib.reports import echo, export_html, read_json, run_notebook, write_json
 
@@ -28,6 +37,8 @@ class Stage:
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
     summary: str = "summary.json"  # relative to the stage's output folder
+    after: tuple[str, ...] = ()    # upstream stages whose outputs this one reads
+    fresh: dict[str, Any] = field(default_factory=dict)  # parameters that make a rerun start over
 
 
 SUITES = ("foundation", "sandbox")
@@ -50,25 +61,28 @@ def demo_stages(out: Path, params_file: str, overrides: dict[str, Any] | None = 
     prepared = str(world / "sandbox_params.yaml")
     runs = out / "runs"
     evals = out / "evals"
+    w = ("00_sandbox_world",)
     stages = [
         Stage("00_sandbox_world", "00_sandbox_world", {"params_file": params_file, "output_dir": str(world)}),
         Stage("01_rubric_exploration", "01_rubric_exploration",
-              {"params_file": prepared, "output_dir": str(out / "01_rubric_exploration")}),
+              {"params_file": prepared, "output_dir": str(out / "01_rubric_exploration")}, after=w),
         Stage("02_scaffold_tuning", "02_scaffold_tuning",
-              {"params_file": prepared, "output_dir": str(out / "02_scaffold_tuning")}),
+              {"params_file": prepared, "output_dir": str(out / "02_scaffold_tuning")}, after=w),
     ]
     for arm, enabled in (("ruscarl", True), ("baseline", False)):
         stages.append(Stage(f"03_train_{arm}", "03_train_grpo",
                             {"params_file": prepared, "output_dir": str(runs), "run_name": arm,
-                             "scaffold_enabled": enabled}))
+                             "scaffold_enabled": enabled}, after=w, fresh={"fresh": True}))
     for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl" / "adapter")),
                           ("baseline", str(runs / "baseline" / "adapter"))):
         stages.append(Stage(f"04_evaluate_{name}", "04_evaluate",
-                            {"params_file": prepared, "output_dir": str(evals / name), "adapter": adapter}))
+                            {"params_file": prepared, "output_dir": str(evals / name), "adapter": adapter},
+                            after=w + ((f"03_train_{name}",) if adapter else ()), fresh={"overwrite": True}))
     stages.append(Stage("05_analysis", "05_analysis", {
         "params_file": prepared, "output_dir": str(out / "05_analysis"),
         "runs": [str(runs / "ruscarl"), str(runs / "baseline")],
-        "evals": [str(evals / n) for n in ("start", "ruscarl", "baseline")]}))
+        "evals": [str(evals / n) for n in ("start", "ruscarl", "baseline")]},
+        after=tuple(s.name for s in stages)))
     for stage in stages:
         stage.parameters.update((overrides or {}).get(stage.name, {}))
     return stages
@@ -96,18 +110,30 @@ def run_demo(
     results: dict[str, Any] = {}
     t_start = time.perf_counter()
     stages = demo_stages(out, params_file or DEFAULT_PARAMS.get(suite, ""), overrides, suite)
+    done: dict[str, str] = {}  # stage name -> digest of its inputs and summary, for downstream stages
     for i, stage in enumerate(stages, 1):
         target = out / "notebooks" / f"{stage.name}.ipynb"
         summary_file = _summary_path(stage)
-        if target.exists() and summary_file.exists() and not force:
-            echo(f"[demo {i}/{len(stages)}] {stage.name}: already done, kept")
+        record_file = target.with_suffix(".stage.json")
+        inputs = stage_inputs_digest(stage, done)
+        record = read_json(record_file) if record_file.exists() else {}
+        finished = target.exists() and summary_file.exists()
+        if finished and not force and record.get("inputs") == inputs and record.get("status") == "done":
+            echo(f"[demo {i}/{len(stages)}] {stage.name}: already done with the same inputs, kept")
         else:
-            echo(f"[demo {i}/{len(stages)}] {stage.name} ...")
+            # start over unless this is the same stage interrupted (same inputs, not finished)
+            fresh = force or record.get("inputs") != inputs or (finished and not record)
+            why = "forced" if force else ("inputs changed" if fresh and (record or finished) else "")
+            echo(f"[demo {i}/{len(stages)}] {stage.name} ..." + (f" ({why}: from scratch)" if why else ""))
             t0 = time.perf_counter()
-            run_notebook(stage.notebook, target, stage.parameters, progress=progress)
+            write_json(record_file, {"inputs": inputs, "status": "running"})
+            parameters = {**stage.parameters, **(stage.fresh if fresh else {})}
+            run_notebook(stage.notebook, target, parameters, progress=progress)
+            write_json(record_file, {"inputs": inputs, "status": "done"})
             echo(f"[demo {i}/{len(stages)}] {stage.name} finished in {time.perf_counter() - t0:.0f}s")
         executed.append(target)
         results[stage.name] = read_json(summary_file)
+        done[stage.name] = digest({"inputs": inputs, "summary": results[stage.name]})
     title = "RuscaRL demo on the CPU sandbox" if suite == "sandbox" else "RuscaRL: rubrics and scaffolds"
     report = export_html(executed, out / "report.html", title=title)
     headline = demo_headline(results) if suite == "sandbox" else dict(results)
@@ -117,16 +143,47 @@ def run_demo(
     return headline
 
 
+def stage_inputs_digest(stage: Stage, upstream: dict[str, str]) -> str:
+    """Digest of everything a stage's result depends on: its notebook's source, its
+    parameters, its params file's content (read now, after upstream stages wrote it), the
+    library version and the digests of its upstream stages' results."""
+    from ruscarl_lib import __version__
+    from ruscarl_lib.reports import notebook_path
+
+    params_file = stage.parameters.get("params_file")
+    params_path = resolve_path(params_file) if params_file else None
+    missing = [name for name in stage.after if name not in upstream]
+    if missing:
+        raise RuntimeError(f"demo stage {stage.name} runs before its upstream stages {missing}")
+    return digest({
+        "notebook": file_digest(notebook_path(stage.notebook)),
+        "parameters": stage.parameters,
+        "params_file": file_digest(params_path) if params_path and params_path.is_file() else None,
+        "library": __version__,
+        "upstream": {name: upstream[name] for name in stage.after},
+    })
+
+
 def demo_headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a reader wants first: held-out scores of the three policies, the bottleneck."""
+    """The numbers a reader wants first: held-out scores of the three policies (HealthBench's
+    clipped mean, and the unclipped mean next to it: clipping to 0 hides a policy that keeps
+    tripping negative criteria), the share of zero-variance groups over each training run
+    (groups that gave GRPO no gradient), and the bottleneck."""
     world = results.get("00_sandbox_world", {})
-    scores = {name: results.get(f"04_evaluate_{name}", {}).get("score")
-              for name in ("start", "ruscarl", "baseline")}
+    names = ("start", "ruscarl", "baseline")
+    evals = {name: results.get(f"04_evaluate_{name}", {}) for name in names}
+    scores = {name: evals[name].get("score") for name in names}
+    unclipped = {name: evals[name].get("unclipped_score") for name in names}
     headline = {
         "heldout_score": scores,
+        "heldout_unclipped_score": unclipped,
+        "train_zero_variance_frac": {arm: results.get(f"03_train_{arm}", {}).get("zero_var_frac")
+                                     for arm in ("ruscarl", "baseline")},
         "start_unhinted_score": world.get("unhinted_score"),
         "start_hinted_score": world.get("hinted_score"),
     }
     if scores["ruscarl"] is not None and scores["baseline"] is not None:
         headline["ruscarl_minus_baseline"] = round(scores["ruscarl"] - scores["baseline"], 4)
+    if unclipped["ruscarl"] is not None and unclipped["baseline"] is not None:
+        headline["ruscarl_minus_baseline_unclipped"] = round(unclipped["ruscarl"] - unclipped["baseline"], 4)
     return headline

@@ -8,8 +8,9 @@ Three stages, each resumable on its own, all writing under one output folder:
 
 A chunk file appears only complete (written under a temporary name, then renamed), so after
 an interruption the finished chunks are kept and only missing ones are redone. A manifest per
-stage records what produced the chunks (model, sampling, judge, dataset); resuming with
-different settings is refused rather than silently mixing two evaluations.
+stage records what produced the chunks (the weights by content hash, sampling, judge, dataset);
+resuming with different settings, or new weights saved under the same adapter path, is refused
+rather than silently reusing or mixing two evaluations (`overwrite=True` starts over).
 
 Evaluation prompts are the clean conversations: scaffolds belong to training rollouts only
 (METHOD.md section 4). The pure parts (grading a responses table with any Judge, building the
@@ -392,8 +393,8 @@ def generate_responses(
     if backend == "transformers" and (model is None or tokenizer is None):
         raise ValueError("backend 'transformers' needs a loaded model and tokenizer")
     fingerprint = {
-        "stage": "generate", "backend": backend, "model": model_name or _model_label(model),
-        "adapter": adapter, "sampling": cfg.sample_fingerprint(), "examples": _examples_fingerprint(examples),
+        "stage": "generate", "backend": backend, "weights": _weights_identity(backend, model, model_name, adapter),
+        "sampling": cfg.sample_fingerprint(), "examples": _examples_fingerprint(examples),
     }
     store = ChunkStore(Path(out_dir) / GENERATIONS_DIR, fingerprint, overwrite=overwrite)
     prompts = eval_prompts(examples)
@@ -422,11 +423,16 @@ def generate_responses(
     return store.read(range(len(chunks))).reset_index(drop=True)
 
 
-def _model_label(model: Any) -> str | None:
-    if model is None:
-        return None
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "_name_or_path", None) or type(model).__name__
+def _weights_identity(backend: str, model: Any, model_name: str | None, adapter: str | None) -> dict[str, Any]:
+    """What the answers were generated from, by content: the loaded model's weights in memory
+    (base plus adapter) for transformers, the files of the model and the adapter for vLLM (a
+    hub id stays an id). Paths are not part of it: new weights saved under an old adapter
+    path are a new evaluation, and a moved adapter is the same one."""
+    from .fingerprint import model_identity, module_weights_digest
+
+    if backend == "transformers" and model is not None:
+        return {"model": "sha256:" + module_weights_digest(model)}
+    return {"model": model_identity(model_name), "adapter": model_identity(adapter)}
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0, unit: str = "it"):
@@ -609,7 +615,8 @@ def response_scores(verdicts: pd.DataFrame, failure_policy: FailurePolicy = "exc
 @dataclass
 class EvalReport:
     """The numbers of one evaluation. `score`/`std` are HealthBench's clipped mean and its
-    bootstrap std over all graded responses; `tags` holds every axis:/theme:/... score."""
+    bootstrap std over all graded responses (resampling prompts with all their answers); `unclipped_score` the plain mean (negative when
+    penalties outweigh points); `tags` holds every axis:/theme:/... score."""
 
     score: float
     std: float
@@ -622,6 +629,7 @@ class EvalReport:
     verdicts: dict[str, Any]
     judge: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    unclipped_score: float = float("nan")
 
     @property
     def axis_scores(self) -> pd.DataFrame:
@@ -645,7 +653,7 @@ class EvalReport:
 
     def summary(self) -> str:
         return (f"HealthBench score {100 * self.score:.1f} +- {100 * self.std:.1f} "
-                f"({self.n_scored} responses to {self.n_examples} prompts, failure policy {self.failure_policy})")
+                f"(unclipped mean {100 * self.unclipped_score:.1f}; {self.n_scored} responses to {self.n_examples} prompts, failure policy {self.failure_policy})")
 
 
 def _clean(x: Any) -> Any:
@@ -669,6 +677,10 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def _prompt_of(pseudo_id: str) -> str:
+    return str(pseudo_id).rsplit("#", 1)[0]
+
+
 def build_report(
     verdicts: pd.DataFrame,
     responses: pd.DataFrame,
@@ -680,8 +692,9 @@ def build_report(
 ) -> EvalReport:
     """HealthBench score, per-tag scores, response lengths and judge accounting of one evaluation."""
     table = _scoring_table(verdicts) if len(verdicts) else pd.DataFrame(columns=list(VERDICT_COLUMNS))
-    agg = overall_score(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed)
-    tags = tag_scores(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed)
+    # rows are answers (`id#k`); the bootstrap resamples prompts, all their answers together
+    agg = overall_score(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed, group_of=_prompt_of)
+    tags = tag_scores(table, failure_policy, n_bootstrap=n_bootstrap, seed=seed, group_of=_prompt_of)
     n_tokens = responses["n_tokens"].to_numpy(dtype=np.float64) if "n_tokens" in responses else np.array([])
     chars = responses["response"].astype(str).str.len().to_numpy(dtype=np.float64)
     lengths = {
@@ -700,7 +713,7 @@ def build_report(
         "met_frac": float(verdicts["met"].dropna().astype(bool).mean()) if verdicts["met"].notna().any() else math.nan,
     }
     return EvalReport(
-        score=agg.score, std=agg.std, n_scored=agg.n,
+        score=agg.score, std=agg.std, n_scored=agg.n, unclipped_score=agg.unclipped,
         n_examples=int(responses["example_id"].nunique()), n_responses=int(len(responses)),
         failure_policy=str(failure_policy), tags=tags, lengths=lengths, verdicts=verdict_counts,
         judge=_stats_dict(judge_stats),

@@ -26,13 +26,16 @@ def notebook_setup(
 
     `output_dir=None` means the run folder `output.dir / output.run_name` (training notebooks).
     The effective params are written to `<output_dir>/params.yaml` so every executed notebook
-    ships with the exact settings that produced it.
+    ships with the exact settings that produced it. A training run folder (`output_dir=None`)
+    is left alone: `run_training` writes its params.yaml once it has checked that the folder's
+    earlier run (if any) was made with the same settings.
     """
     chosen = {k: v for k, v in (overrides or {}).items() if not _is_unset(v)}
     params = load_params(resolve_path(params_file), overrides=chosen)
     out = resolve_path(output_dir if output_dir else Path(params.output.dir) / params.output.run_name)
     out.mkdir(parents=True, exist_ok=True)
-    save_params(params, out / "params.yaml")
+    if output_dir:
+        save_params(params, out / "params.yaml")
     from ruscarl_lib.training import BackendUnavailable, prepare_backend
 
     try:

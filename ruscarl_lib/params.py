@@ -77,7 +77,20 @@ class JudgeParams(_Section):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=1)
     structured_output: bool = True
-    failure_policy: Literal["exclude", "worst_case", "not_met"] = "exclude"
+    failure_policy: Literal["exclude", "worst_case", "not_met"] = Field(
+        "exclude", description="Evaluation: how a failed verdict is scored (exclude: left out)."
+    )
+    train_failure_policy: Literal["exclude", "worst_case", "not_met"] = Field(
+        "worst_case",
+        description="Training reward: worst_case counts a failed positive criterion not met and a "
+        "failed negative one met, so making the judge fail never escapes a penalty.",
+    )
+    max_failure_rate: float = Field(
+        0.1, ge=0, le=1,
+        description="Training stops (checkpoint kept) when more than this share of criteria fail "
+        "to be graded ...",
+    )
+    failure_patience: int = Field(5, ge=1, description="... in this many consecutive RL steps.")
     cache_path: str | None = Field("outputs/judge_cache.sqlite")
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, description="Sampling seed sent to the judge server, if any.")
@@ -206,7 +219,12 @@ class TrainParams(_Section):
     )
     max_completion_length: int = Field(4096, ge=1)
     max_scaffold_tokens: int = Field(
-        1024, ge=0, description="Room a scaffold may add to a prompt (sizes the engine's context)."
+        1024, ge=0,
+        description="Room a scaffold may add to a prompt (sizes the engine's context); examples whose "
+        "full-rubric scaffold is longer are handled per `overlong_scaffold`.",
+    )
+    overlong_scaffold: Literal["drop", "error"] = Field(
+        "drop", description="drop: leave such examples out (count logged); error: stop before training."
     )
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.8, gt=0, le=1)
@@ -235,7 +253,11 @@ class TrainParams(_Section):
     max_steps: int = Field(350, ge=1, description="RL steps (the scaffold schedule's total_steps).")
     save_steps: int = Field(25, ge=1, description="Checkpoint the LoRA every N RL steps.")
     save_total_limit: int | None = Field(3, ge=1)
-    resume: bool = Field(True, description="Continue from the run's last checkpoint if there is one.")
+    resume: bool = Field(
+        True,
+        description="Continue from the run's last checkpoint if there is one; a folder trained with "
+        "other settings (its fingerprint.json) is refused. false: start the folder afresh.",
+    )
     logging_steps: int = Field(1, ge=1, description="In optimizer updates.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N RL steps (no scaffold).")
     num_generations_eval: int | None = Field(None, ge=1)

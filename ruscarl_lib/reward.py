@@ -21,8 +21,14 @@ Dataset columns it reads (names configurable):
 - `example_id` (optional): carried into the kept verdicts.
 
 Completions may be plain strings or conversational (a list of assistant messages).
-The reward is `scoring.example_score` under the params' failure policy; a completion that
-cannot be scored (no positive points left) gets None, which TRL treats as "no reward".
+The reward is `scoring.example_score` under the params' training failure policy
+(`judge.train_failure_policy`, default `worst_case`: a response that makes the judge fail,
+for instance by being too long for its context, keeps its penalties); a completion that
+cannot be scored (no positive points left) gets None, which TRL treats as "no reward". A
+`JudgeFailureGuard` watches the share of failed verdicts per call (one call per RL step), and
+`training.run_training` stops the run, checkpoint kept, when it stays above
+`judge.max_failure_rate` for `judge.failure_patience` steps: scores made mostly of failure
+policy are not a training signal.
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ def _tags(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, dict):
-        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None)
+        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None and str(v).strip())
     if hasattr(value, "tolist"):
         value = value.tolist()
     return tuple(str(t) for t in value)
@@ -156,6 +162,35 @@ def response_text(completion: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class JudgeFailureError(RuntimeError):
+    """The judge failed on too many criteria for too many consecutive training steps."""
+
+
+class JudgeFailureGuard:
+    """Counts consecutive reward calls whose share of failed verdicts exceeds `max_rate`;
+    `tripped` holds the reason once it reached `patience` (a good call resets the count)."""
+
+    def __init__(self, max_rate: float, patience: int) -> None:
+        self.max_rate = float(max_rate)
+        self.patience = int(patience)
+        self.streak = 0
+        self.rates: list[float] = []
+        self.tripped: str | None = None
+
+    def update(self, n_failed: int, n_criteria: int, step: Any = None, kinds: str = "") -> None:
+        rate = n_failed / n_criteria if n_criteria else 0.0
+        self.rates.append(rate)
+        self.streak = self.streak + 1 if rate > self.max_rate else 0
+        if self.streak >= self.patience and self.tripped is None:
+            recent = ", ".join(f"{r:.0%}" for r in self.rates[-self.patience:])
+            self.tripped = (
+                f"the judge failed on more than {self.max_rate:.0%} of criteria for {self.patience} "
+                f"consecutive steps (last: {recent}; at step {step}{'; ' + kinds if kinds else ''}). "
+                "Check the judge (server up? model loaded? criteria it can grade: the rule judge grades "
+                "only verifier:rule criteria), or raise judge.max_failure_rate / judge.failure_patience."
+            )
+
+
 class RubricReward:
     """Async TRL reward: grade each completion against its row's rubric, return the score.
 
@@ -181,7 +216,9 @@ class RubricReward:
     ) -> None:
         params = judge if isinstance(judge, JudgeParams) else getattr(judge, "params", None)
         self.judge: Judge = build_judge(judge) if isinstance(judge, JudgeParams) else judge
-        policy = failure_policy or (params.failure_policy if params is not None else "exclude")
+        policy = failure_policy or (params.train_failure_policy if params is not None else "worst_case")
+        self.failure_guard = (JudgeFailureGuard(params.max_failure_rate, params.failure_patience)
+                              if params is not None else None)
         if policy not in FAILURE_POLICIES:
             raise ValueError(f"unknown failure_policy {policy!r}; expected one of {FAILURE_POLICIES}")
         self.failure_policy = policy
@@ -257,8 +294,10 @@ class RubricReward:
 
         n_failed = sum(r.n_failed for r in batch)
         n_unscored = sum(r is None for r in rewards)
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(step_stats.failures.items()))
+        if self.failure_guard is not None:
+            self.failure_guard.update(n_failed, sum(len(it.criteria) for it in items), step, kinds)
         if n_failed:
-            kinds = ", ".join(f"{k}={v}" for k, v in sorted(step_stats.failures.items()))
             log.warning(
                 "judge: %d of %d criteria failed (%s) at step %s; scored with failure_policy=%s",
                 n_failed, step_stats.criteria, kinds, step, self.failure_policy,

@@ -7,6 +7,8 @@ Per example (METHOD.md section 3):
 unclipped, so it can be negative or (never in practice) above 1. The benchmark number follows
 OpenAI's simple-evals `healthbench_eval`: the mean of per-example scores clipped to [0, 1] as a
 whole (not per example), with the std of that clipped mean over 1,000 bootstrap resamples.
+With several sampled answers per prompt the bootstrap resamples prompts (all of a prompt's
+answers together), since answers to one prompt are correlated.
 Per-tag scores apply the same formula to the criteria carrying a tag (criterion tags) or reuse
 the example's overall score (example tags).
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,38 +107,61 @@ def example_score(
 
 @dataclass
 class AggregateScore:
-    """A benchmark number: clipped mean, its bootstrap std, and how many scores went in."""
+    """A benchmark number: clipped mean, its bootstrap std, and how many scores went in.
+
+    `unclipped` is the plain mean of the per-response scores, which may be negative: the
+    clipped score hides how far below zero a policy that trips negative criteria sits (two
+    policies at clipped 0.0 can differ), so comparisons report both."""
 
     score: float
     std: float
     n: int
+    unclipped: float = float("nan")
 
 
 def aggregate_score(
-    scores: Iterable[float], n_bootstrap: int = 1000, seed: int | None = 0
+    scores: Iterable[float], n_bootstrap: int = 1000, seed: int | None = 0,
+    groups: Iterable[Any] | None = None,
 ) -> AggregateScore:
     """HealthBench aggregation: clip(mean, 0, 1) and the std of clipped bootstrap means.
 
     NaN scores (ungradable examples) are left out and `n` counts the scores used. The
     resampling uses a seeded numpy Generator so reported error bars reproduce.
+
+    `groups` (one label per score, e.g. the prompt id) makes the bootstrap resample groups
+    with all their scores together: several answers to one prompt are correlated (an easy
+    prompt is easy for every sample), so resampling single responses would understate the
+    spread. Without `groups` every score is its own group.
     """
     values = np.asarray(list(scores), dtype=np.float64)
-    values = values[~np.isnan(values)]
+    labels = None if groups is None else np.asarray(list(groups), dtype=object)
+    if labels is not None and labels.size != values.size:
+        raise ValueError(f"{values.size} scores but {labels.size} group labels")
+    keep = ~np.isnan(values)
+    values = values[keep]
     n = int(values.size)
     if n == 0:
         return AggregateScore(float("nan"), float("nan"), 0)
-    score = float(np.clip(values.mean(), 0.0, 1.0))
+    unclipped = float(values.mean())
+    score = float(np.clip(unclipped, 0.0, 1.0))
     if n_bootstrap < 1:
-        return AggregateScore(score, float("nan"), n)
+        return AggregateScore(score, float("nan"), n, unclipped)
+    if labels is None:
+        sums, counts = values, np.ones(n)
+    else:
+        inverse, _ = pd.factorize(labels[keep].astype(str))  # groups in order of appearance
+        sums = np.bincount(inverse, weights=values)
+        counts = np.bincount(inverse).astype(np.float64)
+    k = sums.size
     rng = np.random.default_rng(seed)
     means = np.empty(n_bootstrap)
-    chunk = max(1, 2_000_000 // n)  # bound memory for large evaluation sets
+    chunk = max(1, 2_000_000 // k)  # bound memory for large evaluation sets
     for start in range(0, n_bootstrap, chunk):
         stop = min(n_bootstrap, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = values[idx].mean(axis=1)
+        idx = rng.integers(0, k, size=(stop - start, k))
+        means[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     std = float(np.std(np.clip(means, 0.0, 1.0)))
-    return AggregateScore(score, std, n)
+    return AggregateScore(score, std, n, unclipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,10 +269,13 @@ def overall_score(
     failure_policy: FailurePolicy = "exclude",
     n_bootstrap: int = 1000,
     seed: int | None = 0,
+    group_of: Callable[[Any], Any] | None = None,
 ) -> AggregateScore:
-    """The headline benchmark number of a verdict table."""
-    scores = score_examples(table, failure_policy)["score"]
-    return aggregate_score(scores, n_bootstrap=n_bootstrap, seed=seed)
+    """The headline benchmark number of a verdict table. `group_of(example_id)` names the
+    bootstrap group of each row's example (the prompt, when rows are sampled answers)."""
+    scored = score_examples(table, failure_policy)
+    groups = None if group_of is None else [group_of(e) for e in scored["example_id"]]
+    return aggregate_score(scored["score"], n_bootstrap=n_bootstrap, seed=seed, groups=groups)
 
 
 def tag_scores(
@@ -255,8 +283,10 @@ def tag_scores(
     failure_policy: FailurePolicy = "exclude",
     n_bootstrap: int = 1000,
     seed: int | None = 0,
+    group_of: Callable[[Any], Any] | None = None,
 ) -> pd.DataFrame:
-    """Aggregate score per tag, with the official HealthBench semantics.
+    """Aggregate score per tag, with the official HealthBench semantics (`group_of` as in
+    `overall_score`).
 
     A criterion tag (axis:, cluster:, level:, ...) scores each example over only the criteria
     carrying it; examples where those criteria hold no positive points (after the failure
@@ -265,11 +295,14 @@ def tag_scores(
     """
     _check_policy(failure_policy)
     per_tag: dict[str, list[float]] = defaultdict(list)
-    for _, points, met, ctags, etags in _examples_of(table):
+    per_group: dict[str, list[Any]] = defaultdict(list)
+    for ex_id, points, met, ctags, etags in _examples_of(table):
+        group = ex_id if group_of is None else group_of(ex_id)
         overall = example_score(points, met, failure_policy)
         if not math.isnan(overall):
             for tag in dict.fromkeys(etags):
                 per_tag[tag].append(overall)
+                per_group[tag].append(group)
         by_tag: dict[str, list[int]] = defaultdict(list)
         for i, tags in enumerate(ctags):
             for tag in dict.fromkeys(tags):
@@ -278,8 +311,10 @@ def tag_scores(
             s = example_score([points[i] for i in idx], [met[i] for i in idx], failure_policy)
             if not math.isnan(s):
                 per_tag[tag].append(s)
+                per_group[tag].append(group)
     rows = []
     for tag in sorted(per_tag):
-        agg = aggregate_score(per_tag[tag], n_bootstrap=n_bootstrap, seed=seed)
+        agg = aggregate_score(per_tag[tag], n_bootstrap=n_bootstrap, seed=seed,
+                              groups=per_group[tag] if group_of is not None else None)
         rows.append({"tag": tag, "score": agg.score, "std": agg.std, "n": agg.n})
     return pd.DataFrame(rows, columns=["tag", "score", "std", "n"])

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from .params import Params, TrainParams, load_params, params_from_dict, save_params, set_dotted
+from .fingerprint import RunSettingsChanged, write_fingerprint  # noqa: F401 (re-exported)
 from .paths import resolve_path
 from .run_outputs import (
     ADAPTER_DIR,
@@ -366,11 +367,35 @@ def prompt_length(tokenizer, messages: list[dict]) -> int:
     return len(ids["input_ids"])
 
 
-def build_train_dataset(examples: Sequence[Any], tokenizer, max_prompt_length: int):
-    """Training rows for `examples`, without those whose clean prompt is too long.
+def scaffold_length(tokenizer, example: Any, scaffold: Any = None) -> int:
+    """Tokens the full-rubric scaffold adds to `example`'s prompt (rendered with the scaffold
+    settings: points shown or not, the no-reveal line): the most any rollout can add."""
+    from .scaffold import render_scaffold
+
+    show_points = scaffold.show_points if scaffold is not None else True
+    warn = scaffold.warn_no_reveal if scaffold is not None else True
+    full = render_scaffold(example.messages, list(example.rubric), show_points=show_points, warn_no_reveal=warn)
+    return prompt_length(tokenizer, full) - prompt_length(tokenizer, example.messages)
+
+
+def build_train_dataset(
+    examples: Sequence[Any],
+    tokenizer,
+    max_prompt_length: int,
+    *,
+    max_scaffold_tokens: int | None = None,
+    scaffold: Any = None,
+    overlong_scaffold: str = "drop",
+):
+    """Training rows for `examples`, without those whose clean prompt is too long, and (with
+    `max_scaffold_tokens`) without those whose full-rubric scaffold would add more tokens.
 
     verl drops overlong prompts too (instead of truncating the conversation): a cut
-    conversation would be graded against a rubric written for the whole one.
+    conversation would be graded against a rubric written for the whole one. The scaffold
+    limit sizes the generation engine's context (prompt + scaffold + completion), so a longer
+    scaffold would be cut or overflow there; `overlong_scaffold: error` stops before training
+    instead of dropping. The limit applies with scaffolds off as well, so RuscaRL and the
+    baseline train on the same rows.
     """
     from .rollouts import to_train_dataset
 
@@ -382,8 +407,26 @@ def build_train_dataset(examples: Sequence[Any], tokenizer, max_prompt_length: i
             "dropped %d of %d examples whose prompt exceeds max_prompt_length=%d (first: %s)",
             len(dropped), len(examples), max_prompt_length, dropped[0].id,
         )
+    if max_scaffold_tokens is not None:
+        if overlong_scaffold not in ("drop", "error"):
+            raise ValueError(f"overlong_scaffold must be 'drop' or 'error', got {overlong_scaffold!r}")
+        lengths = [(ex, scaffold_length(tokenizer, ex, scaffold)) for ex in kept]
+        over = [(ex, n) for ex, n in lengths if n > max_scaffold_tokens]
+        if over and overlong_scaffold == "error":
+            worst = max(over, key=lambda x: x[1])
+            raise ValueError(
+                f"{len(over)} of {len(kept)} examples have a full-rubric scaffold longer than "
+                f"train.max_scaffold_tokens={max_scaffold_tokens} (longest: example {worst[0].id!r}, "
+                f"{worst[1]} tokens); raise the limit or set train.overlong_scaffold: drop"
+            )
+        if over:
+            log.warning(
+                "dropped %d of %d examples whose full-rubric scaffold exceeds max_scaffold_tokens=%d "
+                "(first: %s, %d tokens)", len(over), len(kept), max_scaffold_tokens, over[0][0].id, over[0][1],
+            )
+            kept = [ex for ex, n in lengths if n <= max_scaffold_tokens]
     if not kept:
-        raise ValueError("no example fits max_prompt_length")
+        raise ValueError("no example fits max_prompt_length and max_scaffold_tokens")
     return to_train_dataset(kept)
 
 
@@ -435,8 +478,18 @@ def _checkpoint_step(checkpoint: Path) -> int:
     return int(state["global_step"])
 
 
-def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool) -> Path | None:
-    """Find the checkpoint to resume from and make the logs agree with it."""
+def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool,
+                     fingerprint: dict[str, Any] | None = None) -> Path | None:
+    """Find the checkpoint to resume from and make the logs agree with it.
+
+    With `train.resume` (the default) a folder whose stored fingerprint differs from
+    `fingerprint` is refused (`RunSettingsChanged`, naming the changed keys) before anything in
+    it is touched; `train.resume: false` starts the folder afresh.
+    """
+    if tp.resume and fingerprint is not None:
+        from .fingerprint import check_run_folder
+
+        check_run_folder(run_dir, fingerprint, PARAMS_FILE)
     ckpt_dir = run_dir / CHECKPOINTS_DIR
     last = _last_checkpoint(ckpt_dir) if tp.resume else None
     if not is_main:
@@ -449,8 +502,9 @@ def _prepare_run_dir(run_dir: Path, tp: TrainParams, per_rl: int, is_main: bool)
         log.info("resuming from %s (optimizer step %d)", last, step)
     else:
         if ckpt_dir.exists() or (run_dir / METRICS_FILE).exists():
-            log.warning("starting %s afresh: removing its old checkpoints, metrics and rollouts", run_dir)
+            log.warning("starting %s afresh: removing its old checkpoints, metrics, rollouts and adapter", run_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / ADAPTER_DIR, ignore_errors=True)
         shutil.rmtree(run_dir / ROLLOUTS_DIR, ignore_errors=True)
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     return last
@@ -495,6 +549,62 @@ def check_built_trainer(trainer: Any, params: Params, backend: str, run_dir: Pat
         write_trainer_record(run_dir, trainer_record(trainer, backend))
 
 
+class JudgeFailureStop:
+    """Stops training at an RL-step boundary, saving a checkpoint, once a reward's
+    `failure_guard` has tripped on any process; `raise_if_stopped` then names the reason."""
+
+    def __init__(self, reward_funcs: Sequence[Any], per_rl: int) -> None:
+        self.guards = [g for g in (getattr(f, "failure_guard", None) for f in reward_funcs) if g is not None]
+        self.per_rl = per_rl
+        self.stopped_at: int | None = None
+
+    def _any_process(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return flag
+        from accelerate.utils import reduce
+
+        return bool(reduce(torch.tensor([float(flag)], device=distributed_state().device), "sum").item() > 0)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stop = self
+
+        class StopOnJudgeFailures(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if not stop.guards or state.global_step % stop.per_rl:
+                    return  # (the same reward functions on every process: all return together)
+                if stop._any_process(any(g.tripped for g in stop.guards)):
+                    stop.stopped_at = state.global_step
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return StopOnJudgeFailures()
+
+    def raise_if_stopped(self, run_dir: Path) -> None:
+        if self.stopped_at is None:
+            return
+        from .reward import JudgeFailureError
+
+        reason = next((g.tripped for g in self.guards if g.tripped), "on another process")
+        raise JudgeFailureError(
+            f"training stopped at RL step {self.stopped_at // self.per_rl}: {reason} The checkpoint "
+            f"{run_dir / CHECKPOINTS_DIR / f'checkpoint-{self.stopped_at}'} is kept; rerunning resumes from it."
+        )
+
+
+def run_fingerprint(params: Params, data: Any, policy: Policy | None = None,
+                    reward_funcs: Sequence[Any] | None = None) -> dict[str, Any]:
+    """What the run folder's fingerprint.json records (see `fingerprint.training_fingerprint`)."""
+    from .fingerprint import training_fingerprint
+
+    return training_fingerprint(params, data=data, model=policy.model if policy is not None else None,
+                                reward_funcs=reward_funcs)
+
+
 def run_training(
     params: Params,
     *,
@@ -521,21 +631,27 @@ def run_training(
     state = distributed_state()
     run_dir = run_dir_of(params)
     geo = batch_geometry(tp, state.num_processes)
-    resume_from = _prepare_run_dir(run_dir, tp, geo.optimizer_steps_per_rl_step, state.is_main_process)
+    if train_dataset is None and train_examples is None:
+        from .data_io import load_dataset_from_params
+
+        train_examples = load_dataset_from_params(params.data)
+    fingerprint = run_fingerprint(params, train_examples if train_dataset is None else train_dataset,
+                                  policy, reward_funcs)
+    resume_from = _prepare_run_dir(run_dir, tp, geo.optimizer_steps_per_rl_step, state.is_main_process,
+                                   fingerprint)
     state.wait_for_everyone()
     if state.is_main_process:
         save_params(params, run_dir / PARAMS_FILE)
         write_versions(run_dir)
+        write_fingerprint(run_dir, fingerprint)
 
     seed = params.seed if tp.seed is None else tp.seed
     if policy is None:
         policy = load_policy(tp, seed=seed, backend=backend)
     if train_dataset is None:
-        if train_examples is None:
-            from .data_io import load_dataset_from_params
-
-            train_examples = load_dataset_from_params(params.data)
-        train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length)
+        train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length,
+                                            max_scaffold_tokens=tp.max_scaffold_tokens, scaffold=params.scaffold,
+                                            overlong_scaffold=tp.overlong_scaffold)
     if reward_funcs is None:
         reward_funcs = default_reward_funcs(params)
     if params.scaffold.binary_k is not None and params.scaffold.binary_k > tp.group_size:
@@ -544,6 +660,7 @@ def run_training(
     from .rollouts import resolve_trainer_class
     from .trainer_checks import unsloth_failures_as_errors
 
+    judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
     sinks = list(rollout_sinks)
     if tp.log_rollouts:
@@ -564,7 +681,8 @@ def run_training(
             eval_dataset=eval_dataset,
             processing_class=policy.tokenizer,
             peft_config=policy.peft_config,
-            callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}), *callbacks],
+            callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}),
+                       judge_stop.callback(), *callbacks],
             scaffold=params.scaffold,
             total_steps=tp.max_steps,
             rollout_sink=sink,
@@ -572,6 +690,7 @@ def run_training(
         )
         check_built_trainer(trainer, params, backend, run_dir, world_size=state.num_processes)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    judge_stop.raise_if_stopped(run_dir)
 
     adapter_dir = run_dir / ADAPTER_DIR
     trainer.save_model(str(adapter_dir))
@@ -613,8 +732,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--params", required=False, help="params YAML file (default: schema defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the run folder afresh (train.resume=false) instead of resuming; "
+                             "needed when its settings changed")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.overrides)
+    if args.fresh:
+        overrides["train.resume"] = False
     if args.params:
         params = load_params(args.params, overrides)
     else:

@@ -367,6 +367,12 @@ def test_analysis_notebook(world, evaluated, tmp_path):
         got = summary["evals"][name]
         assert got["score"] == pytest.approx(report["score"])
         assert got["ci_low"] == pytest.approx(max(0.0, report["score"] - 1.96 * report["std"]))
+        per_response = pd.read_parquet(folder / "scores.parquet")["score"].dropna()
+        assert got["unclipped_score"] == pytest.approx(per_response.mean())
+    # the zero-variance share of the training run behind the adapter, recomputed from its rollouts
+    spread = df.groupby(["rl_step", "group"])["reward"].std()
+    assert summary["evals"]["eval_ruscarl"]["train_zero_var_frac"] == pytest.approx((spread.abs() < 1e-8).mean())
+    assert summary["evals"]["eval_base"]["train_zero_var_frac"] is None  # no adapter, no training run
     assert any("bare" in n for n in summary["notes"])
     for name in ["curves.png", "zero_variance.png", "stability.png", "axis_met_rates.png", "length_vs_reward.png",
                  "shown_vs_hidden.png", "eval_scores.png", "best_of_n.png", "step_stats.csv", "run_summary.csv"]:

@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
         (("axis:accuracy", "level:example"), ("axis:accuracy", "level:example")),
         ({"axis": "accuracy", "cluster": None, "level": "example"},
          ("level:example", "axis:accuracy")),
+        ({"axis": "accuracy", "cluster": "", "level": "example"},
+         ("level:example", "axis:accuracy")),
+        ('{"axis": "accuracy", "cluster": " ", "level": "example"}', ("level:example", "axis:accuracy")),
         ({"axis": "completeness", "cluster": "hedging_x", "level": "cluster", "extra": "y"},
          ("level:cluster", "cluster:hedging_x", "axis:completeness", "extra:y")),
         ("['level:example' 'axis:accuracy']", ("level:example", "axis:accuracy")),
@@ -336,6 +339,24 @@ def test_verl_dict_file_has_the_reference_layout(tmp_path):
         "axis": "context_awareness", "cluster": None, "level": "example"}
     assert row["extra_info"]["prompt"] == row["prompt"]
     assert row["extra_info"]["id"] == "ex-b"
+
+
+def test_hand_written_verl_parquet_with_empty_cluster_strings(tmp_path):
+    """Other converters write `cluster: ""` where the official files have no cluster."""
+    import pyarrow as pa
+
+    rubrics = [{"criterion": "Says to rest.", "points": 5.0,
+                "tags": {"axis": "accuracy", "cluster": "", "level": "example"}},
+               {"criterion": "Asks about fever.", "points": 3.0,
+                "tags": {"axis": "completeness", "cluster": "context_seeking", "level": "cluster"}}]
+    row = {"prompt": [{"role": "user", "content": "Headache?"}], "data_source": "hand", "ability": "medical_chat",
+           "reward_model": {"style": "rubric", "ground_truth": "", "rubrics": rubrics},
+           "extra_info": {"index": 7}}
+    path = tmp_path / "hand.parquet"
+    pq.write_table(pa.Table.from_pylist([row]), path)
+    (ex,) = load_examples(path)
+    assert ex.rubric[0].tags == ("level:example", "axis:accuracy")
+    assert ex.rubric[1].tags == ("level:cluster", "cluster:context_seeking", "axis:completeness")
 
 
 def test_list_style_keeps_any_tag_order_and_dict_style_refuses_repeats(tmp_path):

@@ -131,6 +131,17 @@ def test_bootstrap_std_is_reproducible_and_seeded():
     pd.testing.assert_frame_equal(a.tags, b.tags)
 
 
+def test_report_bootstraps_over_prompts():
+    from ruscarl_lib.scoring import aggregate_score
+
+    verdicts = grade_responses(_responses(), _examples(), KeywordJudge(), progress=False)
+    report = build_report(verdicts, _responses(), n_bootstrap=500, seed=1)
+    scores = response_scores(verdicts)
+    by_prompt = aggregate_score(scores["score"], n_bootstrap=500, seed=1, groups=scores["example_id"])
+    assert report.std == pytest.approx(by_prompt.std)
+    assert report.std != pytest.approx(aggregate_score(scores["score"], n_bootstrap=500, seed=1).std)
+
+
 def test_grading_resumes_from_saved_chunks(tmp_path):
     judge = KeywordJudge()
     first = grade_responses(_responses(), _examples(), judge, tmp_path, chunk_size=2, progress=False)
@@ -258,6 +269,46 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_dirs, tmp_path):
     plain = Params.model_validate({"eval": {"model": str(base_dir)}})
     with pytest.raises(ValueError, match="eval.adapter"):
         run_novelty(plain, tmp_path, examples=_examples())
+
+
+def test_new_weights_under_the_same_adapter_path_are_not_reused(tiny_dirs, tmp_path):
+    """Results are keyed by the weights evaluated, not by the adapter's path."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base_dir, adapter_dir = tiny_dirs
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, adapter)
+    params = Params.model_validate({"eval": {
+        "model": str(base_dir), "adapter": str(adapter), "n_samples": 1, "max_new_tokens": 4,
+        "batch_size": 3, "chunk_prompts": 3, "n_bootstrap": 0, "temperature": 0}})
+    out = tmp_path / "eval"
+    first = run_evaluation(params, out, examples=_examples(), judge=KeywordJudge(), progress=False)
+    moved = tmp_path / "moved"  # the same weights elsewhere: still reused
+    shutil.copytree(adapter, moved)
+    same = params.model_copy(deep=True)
+    same.eval.adapter = str(moved)
+    judge = KeywordJudge()
+    run_evaluation(same, out, examples=_examples(), judge=judge, progress=False)
+    assert judge.stats.calls == 0
+
+    model, _ = load_eval_model(str(base_dir))
+    torch.manual_seed(1)  # other LoRA weights, saved where the first adapter was
+    retrained = get_peft_model(model, LoraConfig(r=2, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    for p in retrained.parameters():
+        if p.requires_grad:
+            p.data.mul_(50)
+    retrained.save_pretrained(adapter)
+    with pytest.raises(EvalStateError, match="other settings"):
+        run_evaluation(params, out, examples=_examples(), judge=KeywordJudge(), progress=False)
+    judge = KeywordJudge()
+    second = run_evaluation(params, out, examples=_examples(), judge=judge, progress=False, overwrite=True)
+    assert judge.stats.calls == 3
+    assert second.n_responses == first.n_responses
+    assert json.loads((out / "generations" / "manifest.json").read_text())["fingerprint"]["weights"]["model"]
 
 
 def test_grading_with_the_configured_rule_judge(tmp_path):

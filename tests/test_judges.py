@@ -265,9 +265,39 @@ def test_api_key_never_appears_in_logs_outputs_or_errors(server, monkeypatch, ca
     for t in texts:
         assert key not in t
     monkeypatch.delenv("RUSCARL_TEST_JUDGE_KEY")
+    remote = params.model_copy(update={"base_urls": [server.base_url, "https://judge.example.org/v1"]})
     with pytest.raises(JudgeConfigError) as e:
-        OpenAIJudge(params)
+        OpenAIJudge(remote)
     assert "RUSCARL_TEST_JUDGE_KEY" in str(e.value) and key not in str(e.value)
+    assert "judge.example.org" in str(e.value)
+
+
+def test_local_endpoint_works_with_the_key_variable_unset(server, monkeypatch):
+    """The params files promise: a local vLLM needs no key, even when api_key_env is named."""
+    from ruscarl_lib.judges.llm import is_loopback_url
+
+    monkeypatch.delenv("RUSCARL_TEST_UNSET_KEY", raising=False)
+    judge = OpenAIJudge(jp(server, api_key_env="RUSCARL_TEST_UNSET_KEY"))
+    (verdicts,) = grade(judge, items_for(["water"], CRITERIA[:1]))
+    assert verdicts[0].met is True and server.headers[0]["authorization"] == "Bearer EMPTY"
+    assert all(is_loopback_url(u) for u in ("http://localhost:8000/v1", "http://127.0.0.2/v1", "http://[::1]:9/v1"))
+    assert not any(is_loopback_url(u) for u in ("http://10.0.0.5:8000/v1", "https://api.example.com/v1"))
+
+
+def test_a_stray_exception_fails_its_criteria_not_the_batch(server, monkeypatch):
+    judge = OpenAIJudge(jp(server))
+    real = judge._grade_group
+
+    async def flaky(res, item, idx, scope):
+        if item.response == "boom":
+            raise RuntimeError("a bug in one group")
+        return await real(res, item, idx, scope)
+
+    monkeypatch.setattr(judge, "_grade_group", flaky)
+    good, bad = grade(judge, items_for(["water", "boom"], CRITERIA[:2]))
+    assert [v.met for v in good] == [True, False]
+    assert all(v.failed and v.failure_kind == "client_error" for v in bad)
+    assert judge.stats.failures["client_error"] == 2
 
 
 @pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None and os.environ.get("CI") != "true",
@@ -319,6 +349,28 @@ def test_cache_prevents_repeat_calls(server, tmp_path):
     server.reset_counters()
     grade(build_judge(params), items_for(RESPONSES[:1], [Criterion("Advises drinking [[water]]!", 5)]))
     assert server.requests == 1
+
+
+def test_cache_keys_verdicts_by_how_they_were_sampled(server, tmp_path):
+    """A verdict from the retry path (raised temperature after unreadable output) or from the
+    plain-JSON fallback is not served later as a first-attempt verdict."""
+    crits = [Criterion("z [[zzz]]", 1), Criterion("w [[water]] {{fail:badjson:1}}", 1),
+             Criterion("s [[sleep]] {{fail:no_structured:1}}", 1)]  # one at a time, in this order
+    params = jp(server, cache_path=str(tmp_path / "c.sqlite"), max_concurrency=1)
+    grade(build_judge(params), items_for(["water"], crits))
+    temps = [b["temperature"] for b in server.bodies]
+    assert 0.3 in temps and 0.0 in temps  # the badjson criterion was re-asked warmer
+    assert "retry_temperature" in OpenAIJudge(params).fingerprint()
+    server.reset_counters()
+    second = build_judge(params)
+    (verdicts,) = grade(second, items_for(["water"], crits))
+    # the retried and the fallback verdicts are asked again (now at the first-attempt settings);
+    # the plain one comes from the cache
+    assert server.requests == 2 and second.stats.cache_hits == 1
+    assert [v.met for v in verdicts] == [False, True, False]
+    server.reset_counters()
+    grade(build_judge(params), items_for(["water"], crits))
+    assert server.requests == 0
 
 
 def test_cache_dedupes_identical_pairs_and_skips_failures(server, tmp_path):

@@ -73,7 +73,7 @@ def call(reward, completions, rubric=RUBRIC, step=3, **extra):
     ],
 )
 def test_failure_policies_give_hand_checked_scores(server, policy, expected):
-    reward = RubricReward(params(server, failure_policy=policy))
+    reward = RubricReward(params(server, train_failure_policy=policy))
     assert reward.failure_policy == policy
     rewards, metrics, _ = call(reward, ["Drink water and rest. No surgery needed."])
     assert rewards == [pytest.approx(expected)]
@@ -98,8 +98,9 @@ def test_trl_convention_logging_and_kept_verdicts(server, tmp_path, caplog):
         [{"role": "assistant", "content": "Surgery."}],
     ]
     rewards, metrics, extras = call(reward, completions, example_id=["ex1", "ex2"], step=11)
-    # completion 1: water + sleep met, think block not graded (surgery only inside it)
-    assert rewards == [pytest.approx(7 / 7), pytest.approx(0 / 7)]
+    # completion 1: water + sleep met, think block not graded (surgery only inside it); the
+    # training default worst_case counts the failed +3 not met and the failed -4 met
+    assert rewards == [pytest.approx((5 - 4 + 2) / 10), pytest.approx(-4 / 10)]
     # the judge saw the clean conversation, never the scaffold
     assert server.bodies and all("SCAFFOLD" not in json.dumps(b) for b in server.bodies)
     assert all("maybe surgery" not in json.dumps(b) for b in server.bodies)
@@ -137,6 +138,29 @@ def test_unscorable_completion_returns_none(server):
     assert rewards == [None] and metrics["judge/unscored_completions"] == [1.0]
 
 
+def test_training_default_keeps_penalties_of_failed_criteria(server):
+    """A response that makes the judge fail on a negative criterion must not lose its penalty."""
+    assert JudgeParams().train_failure_policy == "worst_case" and JudgeParams().failure_policy == "exclude"
+    reward = RubricReward(params(server))
+    rewards, _, _ = call(reward, ["surgery"], rubric=[RUBRIC[0], RUBRIC[2]])  # the -4 fails
+    assert rewards == [pytest.approx(-4 / 5)]
+
+
+def test_failure_guard_trips_after_consecutive_bad_steps(server):
+    from ruscarl_lib.reward import JudgeFailureGuard
+
+    guard = JudgeFailureGuard(0.25, 2)
+    for failed in (3, 0, 3):  # a good step in between resets the count
+        guard.update(failed, 8)
+    assert guard.tripped is None
+    guard.update(3, 8, step=4)
+    assert "2 consecutive steps" in guard.tripped and "38%, 38%" in guard.tripped and "step 4" in guard.tripped
+    reward = RubricReward(params(server, max_failure_rate=0.4, failure_patience=2))
+    for step in (1, 2):  # 2 of 4 criteria fail on every call
+        call(reward, ["water"], step=step)
+    assert reward.failure_guard.tripped and "http_5xx" in reward.failure_guard.tripped
+
+
 def test_column_decoding():
     crits = criteria_from_column([{"criterion": "a", "points": 2, "tags": {"axis": "x", "level": None}},
                                   Criterion("b", -1), {"text": "c", "points": "3"}])
@@ -168,7 +192,7 @@ def test_through_trl_calculate_rewards(server):
     completions = [[{"role": "assistant", "content": c}] for c in ("water", "water and sleep", "nothing")]
     try:
         out = GRPOTrainer._calculate_rewards(trainer, inputs, [x["prompt"] for x in inputs], completions, [[1]] * 3)
-        assert out[:, 0].tolist() == pytest.approx([5 / 7, 1.0, 0.0])
+        assert out[:, 0].tolist() == pytest.approx([1 / 10, 3 / 10, -4 / 10])  # worst_case
         assert trainer._pending_metrics["judge/failed"] == [6.0]
         assert trainer._pending_extra_logs["judge_failed"] == [2, 2, 2]
         assert reward.last_batch[0].step == 5

@@ -336,6 +336,69 @@ def test_resume_does_not_repeat_steps(model_dir, tmp_path):
     assert got[cols].equals(want[cols])
 
 
+def test_rerun_with_changed_settings_refuses(model_dir, tmp_path):
+    """A run folder remembers what trained it: 3x the learning rate is refused (naming the key,
+    params.yaml untouched), the same settings resume, `train.resume: false` starts afresh, and
+    other data or other weights under the same path are changes too."""
+    from ruscarl_lib.fingerprint import RunSettingsChanged
+
+    examples = make_examples(4)
+    first = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=1e-3)
+    run_training(first, train_examples=examples, reward_funcs=[keyword_reward])
+    run_dir = tmp_path / "fp"
+    saved = (run_dir / "params.yaml").read_text()
+    assert json.loads((run_dir / "fingerprint.json").read_text())["values"]["train.learning_rate"] == 1e-3
+
+    faster = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=3e-3)
+    with pytest.raises(RunSettingsChanged, match=r"train\.learning_rate: 0\.001 -> 0\.003") as err:
+        run_training(faster, train_examples=examples, reward_funcs=[keyword_reward])
+    assert "changed: train.learning_rate)" in str(err.value) and "resume=false" in str(err.value)
+    assert (run_dir / "params.yaml").read_text() == saved
+    with pytest.raises(RunSettingsChanged, match="data.content"):
+        run_training(first, train_examples=make_examples(5)[1:], reward_funcs=[keyword_reward])
+    # keys that do not change training (where it logs) are not part of it
+    again = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=1e-3,
+                        logging_steps=2)
+    resumed = run_training(again, train_examples=examples, reward_funcs=[keyword_reward])
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint-2"
+
+    fresh = faster.model_copy(deep=True)
+    fresh.train.resume = False
+    restarted = run_training(fresh, train_examples=examples, reward_funcs=[keyword_reward])
+    assert restarted.resumed_from is None and restarted.global_step == 2
+    assert json.loads((run_dir / "fingerprint.json").read_text())["values"]["train.learning_rate"] == 3e-3
+    assert "0.003" in (run_dir / "params.yaml").read_text()
+
+    # the same model path holding other weights
+    import shutil
+
+    other = tmp_path / "model_copy"
+    shutil.copytree(model_dir, other)
+    moved = tiny_params(other, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=3e-3)
+    assert run_training(moved, train_examples=examples, reward_funcs=[keyword_reward]).resumed_from is not None
+    weights = next(other.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(RunSettingsChanged, match="model.weights"):
+        run_training(moved, train_examples=examples, reward_funcs=[keyword_reward])
+
+
+def test_judge_failing_for_several_steps_stops_training_with_checkpoint(model_dir, tmp_path):
+    """The rule judge cannot grade the toy criteria (no verifier tags): every verdict fails, and
+    training stops after `failure_patience` steps with a clear error, checkpoint kept."""
+    from ruscarl_lib.reward import JudgeFailureError
+
+    params = tiny_params(model_dir, tmp_path, "judge_down", max_steps=6, save_steps=100)
+    params.judge.cache_path = None
+    params.judge.failure_patience = 2
+    with pytest.raises(JudgeFailureError, match="failed on more than 10% of criteria for 2 consecutive steps"):
+        run_training(params, train_examples=make_examples(4))
+    ckpts = sorted(p.name for p in (tmp_path / "judge_down" / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-2"]
+    assert not (tmp_path / "judge_down" / "adapter").exists()
+    # worst_case scoring: the failed negative criterion counted met, so rewards are negative
+    assert (read_rollouts(tmp_path / "judge_down")["reward"] < 0).all()
+
+
 def test_script_entry_point(model_dir, tmp_path):
     """`python -m ruscarl_lib.training --params f.yaml --set k=v`: YAML, overrides, the data
     section (embedded sample) and the judge section, as `accelerate launch` would run it."""
@@ -359,6 +422,33 @@ def test_script_entry_point(model_dir, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Guards and small units
 # --------------------------------------------------------------------------------------------
+
+
+def test_max_scaffold_tokens_drops_or_refuses_overlong_rubrics(model_dir, caplog):
+    import logging
+
+    from ruscarl_lib.params import ScaffoldParams
+    from ruscarl_lib.rubric import Criterion, RubricExample
+    from ruscarl_lib.tiny_model import load_tokenizer
+    from ruscarl_lib.training import build_train_dataset, scaffold_length
+
+    tok = load_tokenizer(str(model_dir))
+    examples = make_examples(3)
+    long_rubric = [Criterion(f"The response explains point number {i} about headaches in detail", 2.0)
+                   for i in range(40)]
+    examples.append(RubricExample(id="long", messages=examples[0].messages, rubric=long_rubric))
+    lengths = {ex.id: scaffold_length(tok, ex) for ex in examples}
+    limit = max(v for k, v in lengths.items() if k != "long")
+    assert lengths["long"] > limit
+    # points shown or not changes the measured length (the scaffold settings are used)
+    assert scaffold_length(tok, examples[-1], ScaffoldParams(show_points=False)) < lengths["long"]
+    with caplog.at_level(logging.WARNING, logger="ruscarl_lib.training"):
+        ds = build_train_dataset(examples, tok, 128, max_scaffold_tokens=limit)
+    assert "long" not in ds["example_id"] and len(ds) == 3
+    assert "dropped 1 of 4 examples whose full-rubric scaffold exceeds max_scaffold_tokens" in caplog.text
+    with pytest.raises(ValueError, match="example 'long'"):
+        build_train_dataset(examples, tok, 128, max_scaffold_tokens=limit, overlong_scaffold="error")
+    assert len(build_train_dataset(examples, tok, 128)) == 4  # no limit given: everything kept
 
 
 def test_trl_version_guard(monkeypatch):

@@ -79,6 +79,7 @@ def test_example_score_rejects_bad_input():
 def test_clip_is_applied_to_the_mean_not_per_example():
     agg = aggregate_score([-1.0, 0.5], n_bootstrap=10)
     assert agg.score == 0.0  # mean -0.25 clipped; per-example clipping would give 0.25
+    assert agg.unclipped == pytest.approx(-0.25)  # reported next to it: clipping hides this
     assert aggregate_score([1.4, 1.2], n_bootstrap=10).score == 1.0
     assert aggregate_score([0.2, 0.4, 0.9]).score == pytest.approx(0.5)
 
@@ -227,3 +228,24 @@ def test_tag_scores_accept_list_tags_from_round_trip():
     t2["criterion_tags"] = [list(x) for x in t["criterion_tags"]]
     t2["example_tags"] = [np.array(x) for x in t["example_tags"]]
     pd.testing.assert_frame_equal(tag_scores(t, n_bootstrap=20), tag_scores(t2, n_bootstrap=20))
+
+
+def test_bootstrap_over_prompts_when_answers_are_correlated():
+    """8 answers per prompt that mostly share the prompt's difficulty: resampling prompts gives
+    the honest (larger) spread; resampling single answers understates it."""
+    rng = np.random.default_rng(0)
+    quality = rng.uniform(0.1, 0.9, size=40)
+    values = np.concatenate([np.clip(q + rng.normal(0, 0.05, size=8), 0, 1) for q in quality])
+    prompts = np.repeat([f"p{i}" for i in range(40)], 8)
+    per_answer = aggregate_score(values, n_bootstrap=2000)
+    per_prompt = aggregate_score(values, n_bootstrap=2000, groups=prompts)
+    assert per_prompt.score == per_answer.score
+    assert per_prompt.std > 2 * per_answer.std
+    # close to the theory for means of prompt means: sd(prompt means) / sqrt(n_prompts)
+    prompt_means = values.reshape(40, 8).mean(axis=1)
+    assert per_prompt.std == pytest.approx(prompt_means.std() / np.sqrt(40), rel=0.15)
+    # one answer per prompt: the same resampling as without groups
+    single = aggregate_score(values[:40], seed=3, groups=[f"q{i}" for i in range(40)])
+    assert single.std == pytest.approx(aggregate_score(values[:40], seed=3).std)
+    with pytest.raises(ValueError, match="group labels"):
+        aggregate_score([0.1, 0.2], groups=["a"])

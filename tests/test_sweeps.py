@@ -235,6 +235,8 @@ def test_shipped_ablation_sweep_expands_and_validates():
     assert len(merf) == 3 and merf[0].settings["scaffold.alpha"] == 125.0
     assert sorted(r.settings["seed"] for r in merf) == [0, 1, 2]
     assert spec.process.threads == 1 and spec.resources.gpus == 0
+    # MeRF keeps the rubric in the prompt for generation and for the loss (METHOD.md section 7)
+    assert all(r.settings["scaffold.in_loss"] is True and r.settings["scaffold.step_decay"] == "constant" for r in merf)
 
 
 def test_templated_parameters_are_filled_per_run(tmp_path):

@@ -65,3 +65,22 @@ def test_training_notebook_runs_and_writes_the_run_folder(setup, scaffold_enable
     metrics = read_metrics(run_dir)
     assert summary["scaffold_ratio_mean"] == pytest.approx(metrics["scaffold/ratio_mean"].mean())
     assert isinstance(metrics, pd.DataFrame) and len(metrics) >= 3
+
+
+def test_rerun_with_other_settings_refuses_and_fresh_starts_over(setup):
+    """The notebook path of the run-folder fingerprint: 3x the learning rate into a used run
+    folder fails naming the key, with params.yaml untouched; `fresh=True` trains afresh."""
+    from papermill.exceptions import PapermillExecutionError
+
+    root, params_file = setup
+    base = {"params_file": str(params_file), "run_name": "rerun", "table_every": 10}
+    run_notebook("03_train_grpo", root / "rerun1.ipynb", base, progress=False)
+    run_dir = root / "runs" / "rerun"
+    saved = (run_dir / "params.yaml").read_text()
+    with pytest.raises(PapermillExecutionError, match=r"train\.learning_rate: 0\.001 -> 0\.003"):
+        run_notebook("03_train_grpo", root / "rerun2.ipynb", {**base, "learning_rate": 3e-3}, progress=False)
+    assert (run_dir / "params.yaml").read_text() == saved
+    run_notebook("03_train_grpo", root / "rerun3.ipynb", {**base, "learning_rate": 3e-3, "fresh": True},
+                 progress=False)
+    assert "0.003" in (run_dir / "params.yaml").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["rl_steps"] == 3

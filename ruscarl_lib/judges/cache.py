@@ -1,8 +1,11 @@
 """A verdict cache on disk, so re-grading the same rollouts costs no judge calls.
 
 Keys hash everything that can change a verdict: the judge fingerprint (model, prompt version,
-sampling params, mode), the conversation as the grader sees it, the response, and the
-criterion's text and points. Tags are not part of the key (the grader never sees them).
+sampling params, mode), how the producing request was actually sampled (the retry path raises
+the temperature after unreadable output, and an endpoint that rejects structured output falls
+back to plain JSON prompting: such verdicts are stored under their own settings, so they are
+never served as first-attempt verdicts), the conversation as the grader sees it, the
+response, and the criterion's text and points. Tags are not part of the key (the grader never sees them).
 In `batched`/`all` modes the criteria graded alongside are not part of the key either: the
 verdict is about one criterion, and the mode is in the fingerprint.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +30,8 @@ from typing import Any, Iterable, Sequence
 from ..rubric import Criterion
 from .prompts import render_conversation
 from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
+
+log = logging.getLogger(__name__)
 
 _SCHEMA_VERSION = 1
 _CHUNK = 500  # keys per SELECT ... IN (...), well under SQLite's variable limit
@@ -132,8 +138,19 @@ class CachedJudge(Judge):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def _fingerprint_for(self, settings: dict[str, Any] | None) -> dict[str, Any]:
+        fp = dict(self.inner.fingerprint())
+        if settings is not None:
+            fp["request"] = dict(settings)
+        return fp
+
+    def _lookup_settings(self) -> dict[str, Any] | None:
+        current = getattr(self.inner, "request_settings", None)
+        return current() if callable(current) else None
+
     async def _grade_many(self, items: list[GradingItem], on_done: ProgressFn | None) -> list[list[Verdict]]:
-        fp = self.inner.fingerprint()
+        lookup = self._lookup_settings()
+        fp = self._fingerprint_for(lookup)
         keys = []
         for it in items:
             prefix = item_prefix(fp, it.conversation, it.response)
@@ -160,10 +177,19 @@ class CachedJudge(Judge):
             it = items[k]
             sub = GradingItem(it.conversation, it.response, [it.criteria[i] for i in idx])
             verdicts = (await self.inner._grade_many([sub], on_done))[0]
+            entries = []
             for i, v in zip(idx, verdicts):
                 out[k][i] = v
+                key = keys[k][i]
+                if v.settings is not None and v.settings != lookup:  # made on the retry/fallback path
+                    key = criterion_key(item_prefix(self._fingerprint_for(v.settings), it.conversation, it.response),
+                                        it.criteria[i])
+                entries.append((key, v))
             # Store as each response finishes, so an interrupted batch keeps what it paid for.
-            await asyncio.to_thread(self.cache.put_many, [(keys[k][i], v) for i, v in zip(idx, verdicts)])
+            try:
+                await asyncio.to_thread(self.cache.put_many, entries)
+            except Exception:  # a cache that cannot be written must not lose the verdicts
+                log.warning("verdict cache %s: could not store %d verdicts", self.cache.path, len(entries), exc_info=True)
 
         await asyncio.gather(*(grade_item(k) for k in range(len(items)) if todo[k]))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import os
 import random
 import sys
 import time
+import urllib.parse
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -65,16 +67,33 @@ class JudgeConfigError(ValueError):
     """The judge cannot be set up (for example the named API-key variable is unset)."""
 
 
-def resolve_api_key(api_key_env: str | None) -> str:
-    """The API key from the named environment variable; "EMPTY" when no variable is named."""
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` points at this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(api_key_env: str | None, base_urls: Sequence[str] = ()) -> str:
+    """The API key from the named environment variable; "EMPTY" when no variable is named, or
+    when it is unset and every endpoint is a loopback address (a local vLLM needs no key, as
+    the params files promise). A remote endpoint with the variable unset is an error."""
     if not api_key_env:
         return "EMPTY"
     value = os.environ.get(api_key_env)
-    if not value:
-        raise JudgeConfigError(
-            f"judge.api_key_env names {api_key_env!r} but that environment variable is not set"
-        )
-    return value
+    if value:
+        return value
+    if base_urls and all(is_loopback_url(u) for u in base_urls):
+        return "EMPTY"
+    remote = [u for u in base_urls if not is_loopback_url(u)]
+    raise JudgeConfigError(
+        f"judge.api_key_env names {api_key_env!r} but that environment variable is not set"
+        + (f" (needed for the non-local endpoint(s) {remote})" if remote else "")
+    )
 
 
 @dataclass
@@ -203,7 +222,7 @@ class OpenAIJudge(Judge):
         if not params.base_urls:
             raise JudgeConfigError("judge.base_urls is empty")
         self.params = params
-        resolve_api_key(params.api_key_env)  # fail early, at construction, if the key is missing
+        resolve_api_key(params.api_key_env, params.base_urls)  # fail early, at construction, if the key is missing
         self._backend()  # and if the transport asked for is missing
         self._endpoints = [_Endpoint(url.rstrip("/")) for url in params.base_urls]
         self._rr = 0
@@ -225,11 +244,19 @@ class OpenAIJudge(Judge):
             "max_tokens": p.max_tokens,
             "extra_body": p.extra_body,
             "structured_output": p.structured_output,
+            "retry_temperature": p.retry_temperature,
             "mode": p.mode,
         }
         if p.mode == "batched":
             fp["criteria_per_call"] = p.criteria_per_call
         return fp
+
+    def request_settings(self) -> dict[str, Any]:
+        """How a first attempt is sampled now: the configured temperature, and structured output
+        unless an endpoint has rejected it (then requests fall back to plain JSON prompting)."""
+        p = self.params
+        return {"temperature": p.temperature,
+                "structured": bool(p.structured_output and all(e.structured_ok for e in self._endpoints))}
 
     @property
     def endpoints(self) -> list[dict[str, Any]]:
@@ -260,7 +287,7 @@ class OpenAIJudge(Judge):
     def _client(self, res: _LoopResources, ep: _Endpoint) -> Any:
         clients = res.clients.get(ep.url)
         if clients is None:
-            key = resolve_api_key(self.params.api_key_env)
+            key = resolve_api_key(self.params.api_key_env, self.params.base_urls)
             if self._backend() == "aiohttp":
                 clients = [AioHttpChatClient(ep.url, key, self.params.timeout_s)]
             else:
@@ -341,8 +368,9 @@ class OpenAIJudge(Judge):
     async def _request(
         self, res: _LoopResources, messages: list[dict[str, str]], scope: Scope, avoid: _Endpoint | None,
         bad_output: bool,
-    ) -> tuple[str, int, int]:
-        """(content, prompt_tokens, completion_tokens) of one completion, or _AttemptError."""
+    ) -> tuple[str, int, int, dict[str, Any]]:
+        """(content, prompt_tokens, completion_tokens, sampling settings) of one completion, or
+        _AttemptError."""
         async with res.semaphore:
             ep = self._pick(avoid)
             structured = self.params.structured_output and ep.structured_ok
@@ -409,7 +437,7 @@ class OpenAIJudge(Judge):
         ct = int(usage.get("completion_tokens") or 0)
         self.stats.prompt_tokens += pt
         self.stats.completion_tokens += ct
-        return content, pt, ct
+        return content, pt, ct, {"temperature": body["temperature"], "structured": structured}
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         p = self.params
@@ -446,7 +474,7 @@ class OpenAIJudge(Judge):
             subset: Sequence[Criterion] = [crit[i] for i in pending]
             messages = build_messages(item.conversation, item.response, subset, scope)
             try:
-                content, pt, ct = await self._request(res, messages, scope, avoid, bad_output)
+                content, pt, ct, settings = await self._request(res, messages, scope, avoid, bad_output)
             except _AttemptError as e:
                 self.stats.errors[e.kind] += 1
                 for i in pending:
@@ -488,7 +516,7 @@ class OpenAIJudge(Judge):
                 share_pt = owed_pt // n_res + (1 if j < owed_pt % n_res else 0)
                 share_ct = owed_ct // n_res + (1 if j < owed_ct % n_res else 0)
                 done[i] = Verdict(met=met, explanation=why, source="judge", latency_s=now,
-                                  prompt_tokens=share_pt, completion_tokens=share_ct)
+                                  prompt_tokens=share_pt, completion_tokens=share_ct, settings=settings)
             owed_pt = owed_ct = 0
             if problems:
                 bad_output = True
@@ -524,7 +552,14 @@ class OpenAIJudge(Judge):
         out: list[dict[int, Verdict]] = [{} for _ in items]
 
         async def run(k: int, idx: list[int], scope: Scope) -> None:
-            out[k].update(await self._grade_group(res, items[k], idx, scope))
+            try:
+                out[k].update(await self._grade_group(res, items[k], idx, scope))
+            except Exception as e:  # a bug or stray error in one group must not sink the batch
+                log.warning("judge: grading criteria %s of item %d raised %s: %s; counted as failures",
+                            idx, k, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                for i in idx:
+                    out[k][i] = Verdict.failure("client_error", f"unexpected error: {type(e).__name__}: {e}")
+                    self.stats.record_failure("client_error")
             if on_done is not None:
                 on_done(len(idx))
 

@@ -57,6 +57,9 @@ class Verdict:
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # How the request that produced it was sampled ({"temperature", "structured"}); the retry
+    # path may change both, and the verdict cache keys a verdict by what actually produced it.
+    settings: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def failure(cls, kind: str, explanation: str, source: Source = "judge", **kw: Any) -> "Verdict":
