@@ -47,6 +47,11 @@ def test_cell_digest_follows_the_params_and_the_kernel_setting():
     assert cell_digest(a, pa, "validation") != cell_digest(a, pa, "heldout")
     lr = cell_params(a, "params/sandbox.yaml", {"train.learning_rate": 1e-4})
     assert cell_digest(a, lr, "heldout") != cell_digest(a, pa, "heldout")
+    # a world knob at its default, written out or not, is the same world; another value is not
+    same = cell_params(a, "params/sandbox.yaml", {"sandbox.world.repeat_points": 3})
+    assert cell_digest(a, same, "heldout") == cell_digest(a, pa, "heldout")
+    other = cell_params(a, "params/sandbox.yaml", {"sandbox.world.repeat_points": 0})
+    assert cell_digest(a, other, "heldout") != cell_digest(a, pa, "heldout")
     with pytest.raises(ValueError, match="kernel"):
         cell_params(Cell("ci", None, 0, 1, "sse"), "params/sandbox.yaml")
 

@@ -45,8 +45,14 @@ def params_digest(params: Params, **extra: Any) -> str:
         if value:
             tree[section][key] = Path(str(value)).name
     from .. import __version__
+    from .policy import POLICY_FORMAT
+    from .prepare import policy_config, world_config
 
-    payload = json.dumps({"params": tree, "extra": extra, "version": __version__}, sort_keys=True, default=str)
+    # the resolved world and recipe, so a default added to WorldConfig / PolicyConfig counts too
+    tree["sandbox"]["world"] = world_config(params).to_dict()
+    tree["sandbox"]["policy"] = policy_config(params).to_dict()
+    payload = json.dumps({"params": tree, "policy_format": POLICY_FORMAT, "extra": extra, "version": __version__},
+                         sort_keys=True, default=str)
     return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
 

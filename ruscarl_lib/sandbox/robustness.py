@@ -121,12 +121,12 @@ def cell_params(cell: Cell, params_file: str | Path, extra: dict[str, Any] | Non
 
 
 def cell_digest(cell: Cell, params: Any, split: str) -> str:
-    from .. import __version__
+    """Everything a cell's result depends on: the cell, the params (as `compare.params_digest`
+    sees them, the resolved world and warm-start recipe included), the split and the kernels."""
+    from .compare import params_digest
 
-    payload = {"cell": asdict(cell), "params": params.model_dump(mode="json"), "split": split,
-               "env": KERNELS[cell.kernel], "format": _FORMAT, "version": __version__}
-    payload["params"].get("sandbox", {}).pop("cache_dir", None)
-    payload["params"].get("output", {}).pop("dir", None)
+    payload = {"cell": asdict(cell), "params": params_digest(params), "split": split,
+               "env": KERNELS[cell.kernel], "format": _FORMAT}
     return hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
