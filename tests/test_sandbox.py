@@ -55,7 +55,7 @@ def test_world_is_seeded_and_reproducible():
 
 
 def test_knobs_shape_the_tasks():
-    w = build_world(n_conditions=40, conditions_per_task=3, n_distractors=2, n_train=20, n_heldout=10)
+    w = build_world(n_conditions=40, conditions_per_task=3, n_distractors=2, n_train=20, n_heldout=10, repeat_points=3)
     assert len(w.conditions) == 40  # more than the curated list: synthetic conditions fill in
     assert len({c.advice for c in w.conditions}) == 40
     for ex in w.train + w.heldout:
@@ -205,7 +205,7 @@ def test_warm_started_policy_prefers_hinted_advice(tmp_path):
 
 def test_repeating_an_advice_is_penalised():
     """Repeating a correct advice line until the length cap must not be free (it was, and RL ran away)."""
-    w = build_world(n_train=4, n_heldout=2, n_validation=2)
+    w = build_world(n_train=4, n_heldout=2, n_validation=2, repeat_points=3)
     ex = w.train[0]
     conds = [w.condition(k) for k in ex.extra["conditions"]]
     once = " ".join(f"for {c.name}: you need to {c.advice} ." for c in conds)
