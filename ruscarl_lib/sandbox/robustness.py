@@ -69,7 +69,10 @@ CI_OVERRIDES: dict[str, Any] = {
     "sandbox.world.n_heldout": 48,  # 9 unseen pairs, 4 samples each: 192 graded answers
     "sandbox.world.n_validation": 16,
     "sandbox.world.repeat_points": 3,  # chosen on validation (world.WorldConfig docstring)
-    "sandbox.policy": {"epochs": 4, "sft": {"n_examples": 3000}},
+    # 1,500 SFT steps: with 750 (3,000 x 4) the warm start learnt to copy hints on AVX-512
+    # kernels but not on AVX2 ones (hinted positive rate 0.97 vs 0.24), and RuscaRL then scored
+    # 0 there: the CI failure seen on other machines.
+    "sandbox.policy": {"epochs": 6, "sft": {"n_examples": 4000}},
     "train.max_steps": 150,
     "train.save_steps": 75,
     "schedule_view.total_steps": 150,
