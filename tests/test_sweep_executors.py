@@ -242,7 +242,7 @@ def _kill_mid_run(path: Path, out: Path, extra_args: list[str], hang_run, others
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kernel_pid = worker_pid = None
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 400  # generous: a loaded 2-core machine
         while time.monotonic() < deadline and proc.poll() is None and not (
                 started.exists() and all((root / r.run_id / DONE_MARKER).exists() for r in others)):
             time.sleep(0.2)
