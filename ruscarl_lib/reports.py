@@ -6,6 +6,7 @@ produced, and several executed notebooks can be stitched into one self-contained
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -46,35 +47,97 @@ def run_notebook(
     Parameters must be plain values (paths, numbers, names). The executed copy is written to a
     temporary name first and renamed only on success, so a finished-looking report is never a
     half-run one; on failure papermill's partial copy is kept as `<name>.failed.ipynb`.
+    With `progress`, one terminal line follows what the notebook does (cell k/N, training
+    steps, evaluation, judge calls; see progress.py).
     """
     import papermill as pm
+
+    from ruscarl_lib.progress import ENV_VAR, ProgressLine
 
     source = notebook_path(str(name))
     output_path = resolve_path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(output_path.stem + ".running.ipynb")
-    # Kernels inherit this: widgets-only views fall back to plain output (see live.py).
-    os.environ["RUSCARL_HEADLESS"] = "1"
+    events = output_path.with_name(output_path.stem + ".progress.jsonl")
+    events.unlink(missing_ok=True)
+    # Kernels inherit these: widgets-only views fall back to plain output (see widgets.py),
+    # library code reports progress to the events file, and progress bars, which would only
+    # leave residue in the executed notebook, stay off (the terminal line replaces them).
+    kernel_env = {"RUSCARL_HEADLESS": "1", ENV_VAR: str(events), "TQDM_DISABLE": "1",
+                  "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    saved = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
+    _register_engine()
     # The kernel starts in the project root, where `project_root()` finds pyproject.toml, so
     # relative paths in parameters mean the same thing as on this command line.
     try:
-        pm.execute_notebook(
-            str(source),
-            str(partial),
-            parameters=parameters or {},
-            cwd=str(project_root()),
-            progress_bar=progress,
-            kernel_name="python3",
-            execution_timeout=timeout_s,
-            log_output=False,
-            stdout_file=None,
-        )
+        with ProgressLine(events, output_path.stem) if progress else contextlib.nullcontext():
+            pm.execute_notebook(
+                str(source),
+                str(partial),
+                parameters=parameters or {},
+                cwd=str(project_root()),
+                progress_bar=False,
+                kernel_name="python3",
+                engine_name=_ENGINE,
+                execution_timeout=timeout_s,
+                log_output=False,
+                stdout_file=None,
+            )
     except BaseException:
         if partial.exists():
             os.replace(partial, output_path.with_name(output_path.stem + ".failed.ipynb"))
         raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     os.replace(partial, output_path)
+    events.unlink(missing_ok=True)  # kept only beside a failed run
     return output_path
+
+
+_ENGINE = "ruscarl"
+
+
+def _register_engine() -> None:
+    """Papermill's nbclient engine, plus `cell` progress events and an IPC kernel.
+
+    IPC (Unix sockets in the runtime folder) instead of loopback TCP: the kernel is private to
+    this process, and ipykernel stops printing its "running over TCP without encryption"
+    warning at every stage.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    from ruscarl_lib.progress import emit
+
+    if _ENGINE in papermill_engines._engines:
+        return
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+            start = nb_man.cell_start
+
+            def cell_start(cell, cell_index=None, **kw):
+                if cell_index in code:
+                    emit("cell", index=code.index(cell_index) + 1, total=len(code))
+                return start(cell, cell_index, **kw)
+
+            nb_man.cell_start = cell_start
+            kwargs.setdefault("kernel_manager_class", IPCKernelManager)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(_ENGINE, ProgressEngine)
 
 
 def combine_notebooks(paths: Iterable[str | Path], title: str) -> nbformat.NotebookNode:

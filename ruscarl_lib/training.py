@@ -474,6 +474,7 @@ def run_training(
     if params.scaffold.binary_k is not None and params.scaffold.binary_k > tp.group_size:
         raise ValueError(f"scaffold.binary_k={params.scaffold.binary_k} exceeds train.group_size")
 
+    from .progress import progress_callback
     from .rollouts import ScaffoldedGRPOTrainer
 
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
@@ -496,7 +497,8 @@ def run_training(
         eval_dataset=eval_dataset,
         processing_class=policy.tokenizer,
         peft_config=policy.peft_config,
-        callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}), *callbacks],
+        callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}),
+                   progress_callback("rl", geo.optimizer_steps_per_rl_step), *callbacks],
         scaffold=params.scaffold,
         total_steps=tp.max_steps,
         rollout_sink=sink,
