@@ -105,6 +105,32 @@ def example_browser(examples: Sequence[RubricExample], params: Params):
     return w.VBox([w.HBox([index, ratio]), out])
 
 
+def round_to_step(value: float, step: float) -> float:
+    """`value` on the grid of `step`, with no more decimals than the step has.
+
+    Slider values arrive as binary floats (0.30000000000000004, 1.9999999999999998); a params
+    file should say what the control showed.
+    """
+    from decimal import Decimal
+
+    if step <= 0:
+        return float(value)
+    decimals = max(0, -Decimal(repr(float(step))).normalize().as_tuple().exponent)
+    return float(round(round(value / step) * step, decimals))
+
+
+def control_value(control):
+    """A widget's value as a params file should store it (float sliders rounded to their step)."""
+    value = control.value
+    cls = type(control).__name__
+    if cls == "FloatLogSlider":
+        # the step is in the exponent (125.89... is 10**2.1): keep three significant figures
+        return float(f"{value:.3g}")
+    if cls == "FloatSlider":
+        return round_to_step(value, control.step)
+    return value
+
+
 def schedule_tuner(
     params: Params,
     n_criteria_per_example: Sequence[int],
@@ -140,7 +166,7 @@ def schedule_tuner(
     out = w.Output()
 
     def current() -> Params:
-        c = {k: c.value for k, c in controls.items()}
+        c = {k: control_value(c) for k, c in controls.items()}
         chosen = params.model_copy(deep=True)
         chosen.schedule_view.group_size = c["group_size"]
         chosen.schedule_view.total_steps = c["total_steps"]
