@@ -25,9 +25,13 @@ ENV_VAR = "RUSCARL_PROGRESS_FILE"
 _last_emit: dict[str, float] = {}
 
 
-def emit(kind: str, *, every_s: float = 0.0, force: bool = False, **fields: Any) -> None:
-    """Append one event line; with `every_s`, at most one event of this kind per interval."""
-    path = os.environ.get(ENV_VAR)
+def emit(kind: str, *, every_s: float = 0.0, force: bool = False, path: str | None = None,
+         **fields: Any) -> None:
+    """Append one event line; with `every_s`, at most one event of this kind per interval.
+
+    The file is `path`, else $RUSCARL_PROGRESS_FILE; with neither, nothing happens.
+    """
+    path = path or os.environ.get(ENV_VAR)
     if not path:
         return
     now = time.time()
@@ -140,8 +144,9 @@ def render(events: dict[str, dict[str, Any]], label: str, elapsed_s: float) -> s
 class ProgressLine:
     """Polls a progress file in a thread and keeps one terminal line up to date.
 
-    On a terminal the line is redrawn in place; elsewhere (CI logs, pipes) a line is printed
-    when the activity changes and at most every `log_every_s` seconds, so logs stay short.
+    On a terminal the line is redrawn in place; elsewhere (CI logs, pipes, several notebooks
+    at once) a line is printed when the activity changes and at most every `log_every_s`
+    seconds, so logs stay short.
     `events` keeps every event read, for callers and tests.
     """
 
@@ -163,7 +168,12 @@ class ProgressLine:
         self._shown_key: tuple = ()
         self._shown_at = 0.0
 
+    _active = 0  # lines drawn at once (a parallel sweep): more than one means log mode
+    _lock = threading.Lock()
+
     def __enter__(self) -> "ProgressLine":
+        with ProgressLine._lock:
+            ProgressLine._active += 1
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._loop, name="ruscarl-progress", daemon=True)
         self._thread.start()
@@ -175,6 +185,8 @@ class ProgressLine:
             self._thread.join()
         self.poll()
         self._draw(final=True)
+        with ProgressLine._lock:
+            ProgressLine._active -= 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -209,7 +221,7 @@ class ProgressLine:
                 self.stream.write("\n")
             return
         line = render(self.latest, self.label, time.perf_counter() - self._t0)
-        if self.tty:
+        if self.tty and ProgressLine._active <= 1:
             width = 160
             self.stream.write("\r" + line[:width] + "\x1b[K" + ("\n" if final else ""))
             self.stream.flush()
