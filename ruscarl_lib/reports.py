@@ -323,6 +323,12 @@ def _clean_output(out, prefix: str, alt: str):
             "text/html": f'<img alt="{html.escape(alt, quote=True)}" style="max-width: 100%" '
                          f'src="data:image/png;base64,{png}">',
             "text/plain": alt})
+    if "text/html" in data and "<progress" in _join(data["text/html"]):
+        # transformers' notebook progress bar: drop the bar, fold the loss table under it
+        table = re.search(r"<table.*</table>", _join(data["text/html"]), re.S)
+        if table is None:
+            return None
+        return _folded(table.group(0), f"training log, {table.group(0).count('<tr') - 1} rows")
     if "text/html" in data:
         rows = _join(data["text/html"]).count("<tr")
         if rows > FOLD_ROWS + 1:

@@ -27,6 +27,10 @@ def _notebook() -> nbformat.NotebookNode:
         nbformat.v4.new_output("display_data", data={
             "text/html": pd.DataFrame({"loss": range(FOLD_ROWS + 5)}).to_html(), "text/plain": "table"}),
         nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+        nbformat.v4.new_output("display_data", data={  # transformers' notebook progress bar and log
+            "text/html": "<div><progress value='3' max='3'></progress> [3/3 00:02, Epoch 1/1]</div>"
+                         "<table><tr><th>Step</th><th>Training Loss</th></tr><tr><td>1</td><td>0.5</td></tr>"
+                         "<tr><td>2</td><td>0.4</td></tr></table>", "text/plain": "<IPython.core.display.HTML>"}),
     ]
     nb.cells.append(code)
     return nb
@@ -45,8 +49,10 @@ def test_clean_notebook_strips_residue_folds_logs_and_labels_figures():
     assert html[0].startswith('<details class="ruscarl-fold"><summary>log, 20 lines')
     assert html[1].startswith('<details class="ruscarl-fold"><summary>table, 17 rows')
     assert html[2].startswith('<img alt="03_train: Training curves"') and "iVBORw0KGgo=" in html[2]
+    assert html[3].startswith('<details class="ruscarl-fold"><summary>training log, 2 rows')
+    assert "<progress" not in html[3] and "Training Loss" in html[3]
     # the executed notebook itself is untouched
-    assert len(nb.cells[1].outputs) == 6 and ROOT in nb.cells[1].outputs[2].text
+    assert len(nb.cells[1].outputs) == 7 and ROOT in nb.cells[1].outputs[2].text
 
 
 def test_headline_table_renders_whatever_per_policy_keys_exist():
