@@ -78,6 +78,7 @@ class LiveTraining(TrainerCallback):
             import ipywidgets as w
 
             self.output = w.Output()
+            self.output.add_class("ruscarl-live")
 
     # -- TrainerCallback -------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -114,6 +115,7 @@ class LiveTraining(TrainerCallback):
         with self.output:
             if self.logs:
                 fig = self.figure()
+                display(Markdown(f"curves of {len(self.logs)} logged steps"))
                 display(fig)
                 plt.close(fig)
             if self.tables:

@@ -102,7 +102,9 @@ def example_browser(examples: Sequence[RubricExample], params: Params):
     index.observe(redraw, "value")
     ratio.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([index, ratio]), out])
+    box = w.VBox([w.HBox([index, ratio]), out])
+    box.add_class("ruscarl-example-browser")  # a handle for the browser tests
+    return box
 
 
 def round_to_step(value: float, step: float) -> float:
@@ -142,7 +144,7 @@ def schedule_tuner(
         return _headless_note("Schedule tuner")
     import ipywidgets as w
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     from ruscarl_lib.plots import schedule_figure
 
@@ -164,6 +166,7 @@ def schedule_tuner(
     save = w.Button(description="write params", button_style="success", icon="save")
     status = w.HTML()
     out = w.Output()
+    out.add_class("ruscarl-schedule-view")
 
     def current() -> Params:
         c = {k: control_value(c) for k, c in controls.items()}
@@ -178,9 +181,12 @@ def schedule_tuner(
     def redraw(*_):
         chosen = current()
         out.clear_output(wait=True)
+        sv, sc = chosen.schedule_view, chosen.scaffold
         with out:
-            fig = draw(ScaffoldSchedule.from_params(chosen.scaffold), chosen.schedule_view.group_size,
-                       chosen.schedule_view.total_steps, n_criteria_per_example)
+            fig = draw(ScaffoldSchedule.from_params(sc), sv.group_size, sv.total_steps, n_criteria_per_example)
+            display(HTML(f'<div class="ruscarl-schedule-caption">drawn for G={sv.group_size}, '
+                         f'{sv.total_steps} steps, {sc.step_decay} decay, alpha={sc.alpha:g}, t0={sc.t0:g}, '
+                         f'power={sc.power:g}, intra-group {sc.intra_group}</div>'))
             display(fig)
             plt.close(fig)
 
