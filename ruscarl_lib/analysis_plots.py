@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from .analysis import STATUS_ORDER, missing
-from .plots import save_figure
+from .plots import palette, save_figure
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -59,17 +59,10 @@ def _grid(n: int, ncols: int, width: float = 5.0, height: float = 3.6):
     return fig, axes.ravel()[:n]
 
 
-_COLORS: dict[str, tuple] = {}
-
-
-def _palette(names: Sequence[str]) -> dict[str, tuple]:
-    """Colours by name, kept for the session: a run has the same colour in every figure even
-    when some figures leave other runs out."""
-    base = sns.color_palette("tab10")
-    for name in names:
-        if name not in _COLORS:
-            _COLORS[name] = base[len(_COLORS) % len(base)]
-    return {name: _COLORS[name] for name in names}
+def _palette(names: Sequence[str]) -> dict[str, str]:
+    """Colours by name from the shared palette (plots.py): an arm or polarity has the same
+    colour in every figure, and other runs keep theirs for the session."""
+    return palette(names)
 
 
 def _one_legend(fig, axes) -> None:

@@ -134,13 +134,17 @@ def plot_best_of_n(curves: pd.DataFrame, ax=None, title: str = "Best-of-N"):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from .plots import palette
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.2))
-    sns.lineplot(data=curves, x="n", y="expected_best", hue="model", marker="o", ax=ax)
+    colors = palette(curves["model"])
+    sns.lineplot(data=curves, x="n", y="expected_best", hue="model", marker="o", ax=ax, palette=colors)
     for label, g in curves.groupby("model", sort=False):
         g = g.sort_values("n")
         if g["sem"].notna().any():
-            ax.fill_between(g["n"], g["expected_best"] - g["sem"], g["expected_best"] + g["sem"], alpha=0.15)
+            ax.fill_between(g["n"], g["expected_best"] - g["sem"], g["expected_best"] + g["sem"], alpha=0.15,
+                            color=colors[str(label)])
     ax.set_xscale("log", base=2)
     ns = sorted(curves["n"].unique())
     ax.set_xticks(ns)

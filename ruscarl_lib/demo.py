@@ -28,7 +28,7 @@ from typing import Any
 
 from ruscarl_lib.fingerprint import digest, file_digest
 from ruscarl_lib.paths import resolve_path
-from ruscarl_lib.reports import echo, export_html, read_json, run_notebook, write_json
+from ruscarl_lib.reports import echo, export_each, export_html, read_json, run_notebook, write_json
 
 
 @dataclass
@@ -110,6 +110,7 @@ def run_demo(
     results: dict[str, Any] = {}
     t_start = time.perf_counter()
     stages = demo_stages(out, params_file or DEFAULT_PARAMS.get(suite, ""), overrides, suite)
+    ran, kept = [], []
     done: dict[str, str] = {}  # stage name -> digest of its inputs and summary, for downstream stages
     for i, stage in enumerate(stages, 1):
         target = out / "notebooks" / f"{stage.name}.ipynb"
@@ -120,6 +121,7 @@ def run_demo(
         finished = target.exists() and summary_file.exists()
         if finished and not force and record.get("inputs") == inputs and record.get("status") == "done":
             echo(f"[demo {i}/{len(stages)}] {stage.name}: already done with the same inputs, kept")
+            kept.append(stage.name)
         else:
             # start over unless this is the same stage interrupted (same inputs, not finished)
             fresh = force or record.get("inputs") != inputs or (finished and not record)
@@ -131,14 +133,18 @@ def run_demo(
             run_notebook(stage.notebook, target, parameters, progress=progress)
             write_json(record_file, {"inputs": inputs, "status": "done"})
             echo(f"[demo {i}/{len(stages)}] {stage.name} finished in {time.perf_counter() - t0:.0f}s")
+            ran.append(stage.name)
         executed.append(target)
         results[stage.name] = read_json(summary_file)
         done[stage.name] = digest({"inputs": inputs, "summary": results[stage.name]})
     title = "RuscaRL demo on the CPU sandbox" if suite == "sandbox" else "RuscaRL: rubrics and scaffolds"
-    report = export_html(executed, out / "report.html", title=title)
     headline = demo_headline(results) if suite == "sandbox" else dict(results)
-    headline.update(report=str(report), notebooks=[str(p) for p in executed],
-                    wall_s=round(time.perf_counter() - t_start, 1))
+    wall_s = round(time.perf_counter() - t_start, 1)
+    summary = report_summary(headline, suite=suite, params_file=params_file or DEFAULT_PARAMS.get(suite, ""),
+                             out=out, wall_s=wall_s, ran=ran, kept=kept)
+    report = export_html(executed, out / "report.html", title=title, summary=summary)
+    export_each(executed)
+    headline.update(report=str(report), notebooks=[str(p) for p in executed], wall_s=wall_s)
     write_json(out / "headline.json", headline)
     return headline
 
@@ -164,18 +170,82 @@ def stage_inputs_digest(stage: Stage, upstream: dict[str, str]) -> str:
     })
 
 
+ARMS = ("start", "ruscarl", "baseline")
+
+#: The figures a reader wants on the first screen, per suite (relative to the demo folder).
+KEY_FIGURES = {
+    "sandbox": [("05_analysis/eval_scores.png", "held-out scores of the start, RuscaRL and baseline policies"),
+                ("05_analysis/curves.png", "training curves of both arms: reward, scaffold ratio, exploration")],
+    "foundation": [("01_rubric_exploration/overview.png", "rubric dataset overview: criteria, points, tags"),
+                   ("02_scaffold_tuning/schedule.png", "scaffold schedule: decay and ratio per sample and step")],
+}
+
+
+def headline_table(headline: dict[str, Any]):
+    """The headline as a table: one row per policy, one column per per-policy number.
+
+    Robust to what the headline holds: every key whose value maps policy names to numbers is
+    a column (`heldout_score`, `heldout_score_unclipped`, ...); a key `<k>_ci` holding
+    [low, high] per policy is shown with `<k>` as "0.41 [0.33, 0.49]". A headline without
+    per-policy keys (the foundation suite) becomes a two-column table of its scalar numbers.
+    """
+    import pandas as pd
+
+    per_arm = {k: v for k, v in headline.items()
+               if isinstance(v, dict) and v and set(v) <= set(ARMS) | {"mean"}}
+    if not per_arm:
+        rows = [(f"{stage}: {k}", _number(v)) for stage, summary in headline.items() if isinstance(summary, dict)
+                for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return pd.DataFrame(rows, columns=["quantity", "value"]).set_index("quantity")
+    intervals = {k[:-3]: per_arm.pop(k) for k in list(per_arm) if k.endswith("_ci") and k[:-3] in per_arm}
+    table = {}
+    for key, values in per_arm.items():
+        col = {}
+        for arm in ARMS:
+            v = values.get(arm)
+            text = "–" if v is None else _number(v)
+            ci = intervals.get(key, {}).get(arm)
+            if v is not None and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+                text += f" [{_number(ci[0])}, {_number(ci[1])}]"
+            col[arm] = text
+        table[key.replace("_", " ").replace("heldout", "held-out")] = col
+    frame = pd.DataFrame(table)
+    frame.index.name = "policy"
+    return frame
+
+
+def _number(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report_summary(headline: dict[str, Any], *, suite: str, params_file: str, out: Path, wall_s: float,
+                   ran: list[str], kept: list[str]) -> str:
+    """The report's opening: what was run, the headline table and numbers, the key figures."""
+    from ruscarl_lib.reports import relative_to_root, summary_html
+
+    table = headline_table(headline)
+    numbers = {k.replace("_", " "): v for k, v in headline.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "wall_s"}
+    what = {"suite": suite, "params": relative_to_root(resolve_path(params_file)) if params_file else "",
+            "wall time": f"{wall_s:.0f}s ({len(ran)} stages run, {len(kept)} kept from an earlier run)"}
+    note = ("Held-out scores: the policies answer the held-out tasks without scaffolds; brackets are 95% intervals."
+            if suite == "sandbox" else "")
+    figures = [(out / rel, alt) for rel, alt in KEY_FIGURES.get(suite, [])]
+    return summary_html(what, table, numbers, figures, note)
+
+
 def demo_headline(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers a reader wants first: held-out scores of the three policies (HealthBench's
-    clipped mean, and the unclipped mean next to it: clipping to 0 hides a policy that keeps
-    tripping negative criteria), the share of zero-variance groups over each training run
-    (groups that gave GRPO no gradient), and the bottleneck."""
+    clipped mean with its interval, and the unclipped mean next to it: clipping to 0 hides a
+    policy that keeps tripping negative criteria), the share of zero-variance groups over each
+    training run (groups that gave GRPO no gradient), and the bottleneck."""
     world = results.get("00_sandbox_world", {})
-    names = ("start", "ruscarl", "baseline")
-    evals = {name: results.get(f"04_evaluate_{name}", {}) for name in names}
-    scores = {name: evals[name].get("score") for name in names}
-    unclipped = {name: evals[name].get("unclipped_score") for name in names}
+    evals = {name: results.get(f"04_evaluate_{name}", {}) for name in ARMS}
+    scores = {name: e.get("score") for name, e in evals.items()}
+    unclipped = {name: e.get("unclipped_score") for name, e in evals.items()}
     headline = {
         "heldout_score": scores,
+        "heldout_score_ci": {name: [e.get("ci_low"), e.get("ci_high")] for name, e in evals.items()},
         "heldout_unclipped_score": unclipped,
         "train_zero_variance_frac": {arm: results.get(f"03_train_{arm}", {}).get("zero_var_frac")
                                      for arm in ("ruscarl", "baseline")},

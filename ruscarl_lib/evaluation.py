@@ -257,6 +257,7 @@ def generate_hf(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]], c
     import torch
 
     from .novelty import prompt_token_ids
+    from .progress import emit
 
     eos_ids = {i for i in ([tokenizer.eos_token_id] + list(_as_list(getattr(model.generation_config, "eos_token_id", None))))
                if i is not None}
@@ -270,6 +271,7 @@ def generate_hf(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]], c
         if cfg.temperature > 0 else {"do_sample": False}
     )
     rows: list[dict[str, Any]] = []
+    emit("generate", done=0, total=len(jobs), force=True)
     for start in range(0, len(jobs), cfg.batch_size):
         batch = jobs[start:start + cfg.batch_size]
         seqs = [encoded[p] for p, _ in batch]
@@ -295,6 +297,7 @@ def generate_hf(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]], c
                 "response_ids": kept, "n_tokens": len(kept), "truncated": ended is None,
                 "prompt_tokens": len(seqs[row]),
             })
+        emit("generate", done=len(rows), total=len(jobs), every_s=0.5, force=len(rows) == len(jobs))
     return rows
 
 

@@ -92,6 +92,7 @@ class LiveTraining:
             import ipywidgets as w
 
             self.output = w.Output()
+            self.output.add_class("ruscarl-live")
 
     # -- TrainerCallback -------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -128,6 +129,7 @@ class LiveTraining:
         with self.output:
             if self.logs:
                 fig = self.figure()
+                display(Markdown(f"curves of {len(self.logs)} logged steps"))
                 display(fig)
                 plt.close(fig)
             if self.tables:

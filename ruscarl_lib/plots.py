@@ -17,6 +17,49 @@ from ruscarl_lib.scaffold import ScaffoldSchedule, expected_criteria_shown
 
 sns.set_theme(style="whitegrid", context="notebook")
 
+# --------------------------------------------------------------------------------------------
+# One colour per meaning, in every figure of every notebook and report
+# --------------------------------------------------------------------------------------------
+
+#: Criterion polarity: what a criterion rewards (green) or penalises (red).
+POLARITY_COLORS = {"positive": "#2ca02c", "negative": "#d62728", "unknown": "#7f7f7f"}
+#: The demo's policies: the starting policy is the grey reference, RuscaRL blue, baseline orange.
+ARM_COLORS = {"start": "#7f7f7f", "ruscarl": "#1f77b4", "baseline": "#ff7f0e"}
+#: Other names (sweep points, further runs) take these, in order of first appearance.
+_OTHER = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#843c39"]
+_assigned: dict[str, str] = {}
+
+
+def arm_of(name: str) -> str | None:
+    """Which demo arm a run or evaluation name denotes (`evals/baseline`, `ruscarl`, ...), if any."""
+    text = str(name).lower()
+    last = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    if last in ARM_COLORS:
+        return last
+    for part in (last, text):  # the name itself first: `ruscarl/adapter` is the RuscaRL arm
+        for arm in ("baseline", "start", "ruscarl"):  # "ruscarl_baseline" is the baseline
+            if arm in part:
+                return arm
+    return None
+
+
+def color_of(name: str) -> str:
+    """The colour of a name: its polarity or arm colour, else a colour kept for the session."""
+    key = str(name)
+    if key.lower() in POLARITY_COLORS:
+        return POLARITY_COLORS[key.lower()]
+    arm = arm_of(key)
+    if arm is not None:
+        return ARM_COLORS[arm]
+    if key not in _assigned:
+        _assigned[key] = _OTHER[len(_assigned) % len(_OTHER)]
+    return _assigned[key]
+
+
+def palette(names) -> dict[str, str]:
+    """{name: colour} for a seaborn `palette=` argument."""
+    return {str(n): color_of(n) for n in dict.fromkeys(names)}
+
 
 def _step_ticks(ax, total_steps: int, n_ticks: int = 8) -> None:
     ticks = np.unique(np.linspace(0, total_steps - 1, n_ticks).round().astype(int))
@@ -61,17 +104,22 @@ def dataset_overview_figure(
     ax = axes.ravel()
     sns.histplot(per_example["n_criteria"], discrete=True, ax=ax[0])
     ax[0].set(title="criteria per example", xlabel="criteria")
-    sns.countplot(data=per_criterion, x="points", hue="polarity", ax=ax[1], dodge=False)
+    polarity = palette(sorted(per_criterion["polarity"].unique()))
+    order = [p for p in POLARITY_COLORS if p in polarity]
+    sns.countplot(data=per_criterion, x="points", hue="polarity", hue_order=order, palette=polarity,
+                  ax=ax[1], dodge=False, saturation=1)
     ax[1].set(title="points by polarity", xlabel="points")
     top = tag_counts.sort_values("n_criteria", ascending=False).head(top_tags)
-    sns.barplot(data=top, y="tag", x="n_criteria", ax=ax[2], color="tab:green")
+    sns.barplot(data=top, y="tag", x="n_criteria", ax=ax[2], color="#4c72b0", saturation=1)
     ax[2].set(title=f"top {len(top)} tags", xlabel="criteria carrying the tag", ylabel="")
-    sns.histplot(data=per_criterion, x="n_words", hue="polarity", ax=ax[3], element="step")
+    sns.histplot(data=per_criterion, x="n_words", hue="polarity", hue_order=order, palette=polarity,
+                 ax=ax[3], element="step")
     ax[3].set(title="criterion length", xlabel="words")
-    sns.countplot(x=per_example["n_turns"], ax=ax[4], color="tab:purple")
+    sns.countplot(x=per_example["n_turns"], ax=ax[4], color="#4c72b0", saturation=1)
     ax[4].set(title="turns per conversation", xlabel="non-system messages")
     by_axis = per_criterion.groupby(["axis", "polarity"]).size().reset_index(name="n")
-    sns.barplot(data=by_axis, y="axis", x="n", hue="polarity", ax=ax[5])
+    sns.barplot(data=by_axis, y="axis", x="n", hue="polarity", hue_order=order, palette=polarity,
+                ax=ax[5], saturation=1)
     ax[5].set(title="criteria per axis", xlabel="criteria", ylabel="")
     return fig
 

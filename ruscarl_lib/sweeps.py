@@ -649,14 +649,46 @@ def _summary_notebook(path: Path) -> Path:
     return atomic_write_text(path, nbformat.writes(nb))
 
 
-def render_report(root: Path, title: str, progress: bool = False) -> tuple[Path, Path]:
-    """Execute the summary notebook on the collected tables and export it as report.html."""
-    from .reports import export_html, run_notebook
+def render_report(root: Path, title: str, progress: bool = False, *, sweep_file: str | Path | None = None,
+                  wall_s: float | None = None) -> tuple[Path, Path]:
+    """Execute the summary notebook on the collected tables and export it as report.html.
+
+    The page opens with what was run (sweep file, base params, versions, machine, wall time),
+    the metrics table and the summary figure; then the summary notebook.
+    """
+    from .reports import export_html, relative_to_root, run_notebook, summary_html
 
     source = _summary_notebook(root / ".summary_source.ipynb")
     executed = run_notebook(source, root / "summary.ipynb", {"sweep_dir": str(root)}, progress=progress)
-    html = export_html([executed], root / "report.html", title=title)
+    info = json.loads((root / "sweep.json").read_text())
+    metrics = pd.read_parquet(root / "metrics.parquet")
+    shown = headline_metrics(metrics, info.get("varied", []), info.get("report_metrics") or None)
+    what = {"sweep": info.get("name"), "file": relative_to_root(sweep_file) if sweep_file else "",
+            "base params": relative_to_root(info.get("base")),
+            "runs finished": f"{len(metrics)} of {len(info.get('run_ids', []))}",
+            "wall time": f"{wall_s:.0f}s" if wall_s is not None else ""}
+    summary = summary_html(what, shown, figures=[(root / "summary.png", f"{title}: metrics per run")],
+                           note=info.get("description") or "")
+    html = export_html([executed], root / "report.html", title=title, summary=summary)
     return executed, html
+
+
+def headline_metrics(metrics: pd.DataFrame, varied: Sequence[str], metric_cols: Sequence[str] | None = None,
+                     max_metrics: int = 6) -> pd.DataFrame:
+    """The sweep's headline table: one row per run, its varied settings, then a few metrics
+    (the sweep file's `report_metrics`, else the first numeric ones), numbers to 3 decimals."""
+    if metrics.empty:
+        return pd.DataFrame({"run_id": []}).set_index("run_id")
+    skip = {"run_id", "seconds", *varied}
+    if metric_cols is None:
+        metric_cols = [c for c in metrics.columns if c not in skip and pd.api.types.is_numeric_dtype(metrics[c])
+                       and not pd.api.types.is_bool_dtype(metrics[c])]
+    cols = [c for c in varied if c in metrics.columns] + [c for c in metric_cols if c in metrics.columns][:max_metrics]
+    table = metrics.set_index("run_id")[cols].copy()
+    for c in table.columns:
+        if pd.api.types.is_float_dtype(table[c]):
+            table[c] = table[c].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,6 +732,7 @@ def run_sweep(
     `gpus_per_run` one GPU slice each), "ray" (tasks on the Ray cluster at `address`) or an
     executor object; `gpus_per_run` and `accelerate_config` replace the sweep file's resources.
     """
+    t_start = time.perf_counter()
     path = resolve_path(path)
     spec, sweep_dir = load_sweep(path)
     runs = expand_runs(spec, sweep_dir)
@@ -773,7 +806,8 @@ def run_sweep(
     result = SweepResult(root=root, runs=runs, outcomes=ordered, metrics=metrics, metrics_path=metrics_path,
                          failed=[o.run_id for o in ordered if o.status in ("failed", "locked")])
     if report:
-        _, result.report_path = render_report(root, title=f"Sweep {spec.name}", progress=progress)
+        _, result.report_path = render_report(root, title=f"Sweep {spec.name}", progress=progress,
+                                              sweep_file=path, wall_s=time.perf_counter() - t_start)
     return result
 
 
@@ -792,7 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="RUN_ID", help="run only these run ids")
     parser.add_argument("--no-report", action="store_true", help="skip the summary notebook and HTML")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
-    parser.add_argument("--progress", action="store_true", help="show papermill progress bars")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="one terminal line per running notebook: cell, training step, judge calls")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local: processes on this machine; ray: one Ray task per run")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")

@@ -659,6 +659,7 @@ def run_training(
 
     from .rollouts import resolve_trainer_class
     from .trainer_checks import unsloth_failures_as_errors
+    from .progress import progress_callback
 
     judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
@@ -682,7 +683,7 @@ def run_training(
             processing_class=policy.tokenizer,
             peft_config=policy.peft_config,
             callbacks=[metrics_callback(run_dir / METRICS_FILE, {"run": params.output.run_name}),
-                       judge_stop.callback(), *callbacks],
+                       judge_stop.callback(), progress_callback("rl", geo.optimizer_steps_per_rl_step), *callbacks],
             scaffold=params.scaffold,
             total_steps=tp.max_steps,
             rollout_sink=sink,

@@ -102,7 +102,35 @@ def example_browser(examples: Sequence[RubricExample], params: Params):
     index.observe(redraw, "value")
     ratio.observe(redraw, "value")
     redraw()
-    return w.VBox([w.HBox([index, ratio]), out])
+    box = w.VBox([w.HBox([index, ratio]), out])
+    box.add_class("ruscarl-example-browser")  # a handle for the browser tests
+    return box
+
+
+def round_to_step(value: float, step: float) -> float:
+    """`value` on the grid of `step`, with no more decimals than the step has.
+
+    Slider values arrive as binary floats (0.30000000000000004, 1.9999999999999998); a params
+    file should say what the control showed.
+    """
+    from decimal import Decimal
+
+    if step <= 0:
+        return float(value)
+    decimals = max(0, -Decimal(repr(float(step))).normalize().as_tuple().exponent)
+    return float(round(round(value / step) * step, decimals))
+
+
+def control_value(control):
+    """A widget's value as a params file should store it (float sliders rounded to their step)."""
+    value = control.value
+    cls = type(control).__name__
+    if cls == "FloatLogSlider":
+        # the step is in the exponent (125.89... is 10**2.1): keep three significant figures
+        return float(f"{value:.3g}")
+    if cls == "FloatSlider":
+        return round_to_step(value, control.step)
+    return value
 
 
 def schedule_tuner(
@@ -116,7 +144,7 @@ def schedule_tuner(
         return _headless_note("Schedule tuner")
     import ipywidgets as w
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import HTML, display
 
     from ruscarl_lib.plots import schedule_figure
 
@@ -138,9 +166,10 @@ def schedule_tuner(
     save = w.Button(description="write params", button_style="success", icon="save")
     status = w.HTML()
     out = w.Output()
+    out.add_class("ruscarl-schedule-view")
 
     def current() -> Params:
-        c = {k: c.value for k, c in controls.items()}
+        c = {k: control_value(c) for k, c in controls.items()}
         chosen = params.model_copy(deep=True)
         chosen.schedule_view.group_size = c["group_size"]
         chosen.schedule_view.total_steps = c["total_steps"]
@@ -152,9 +181,12 @@ def schedule_tuner(
     def redraw(*_):
         chosen = current()
         out.clear_output(wait=True)
+        sv, sc = chosen.schedule_view, chosen.scaffold
         with out:
-            fig = draw(ScaffoldSchedule.from_params(chosen.scaffold), chosen.schedule_view.group_size,
-                       chosen.schedule_view.total_steps, n_criteria_per_example)
+            fig = draw(ScaffoldSchedule.from_params(sc), sv.group_size, sv.total_steps, n_criteria_per_example)
+            display(HTML(f'<div class="ruscarl-schedule-caption">drawn for G={sv.group_size}, '
+                         f'{sv.total_steps} steps, {sc.step_decay} decay, alpha={sc.alpha:g}, t0={sc.t0:g}, '
+                         f'power={sc.power:g}, intra-group {sc.intra_group}</div>'))
             display(fig)
             plt.close(fig)
 

@@ -96,6 +96,12 @@ def test_demo_runs_both_notebooks_and_writes_one_report(tmp_path, capsys):
     assert html.count("data:image/png;base64") >= 2
     assert headline["01_rubric_exploration"]["n_examples"] >= 10
     assert len(headline["notebooks"]) == 2
+    # a page to share: summary first, code behind a toggle, no residue, figures with alt text
+    assert html.index('id="headline"') < html.index("Notebook <code>01_rubric_exploration")
+    assert 'id="ruscarl-show-code"' in html and "%|" not in html and str(ROOT) + "/" not in html
+    assert "<img src=" not in html and html.count('<img alt="') >= 4
+    for nb in headline["notebooks"]:  # every executed notebook also as its own page
+        assert '<img alt="' in Path(nb).with_suffix(".html").read_text()
     # rerun keeps finished stages (resume) and still writes the report
     mtime = Path(headline["notebooks"][0]).stat().st_mtime
     assert main(["demo", "--suite", "foundation", "--out", str(tmp_path / "demo")]) == 0

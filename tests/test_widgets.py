@@ -39,3 +39,26 @@ def _blank():
     import matplotlib.pyplot as plt
 
     return plt.figure()
+
+
+def test_written_schedule_has_the_controls_rounding_not_float_noise(monkeypatch, tmp_path):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.setattr(widgets, "has_live_frontend", lambda: True)
+    box = widgets.schedule_tuner(Params(), [12], tmp_path / "tuned.yaml", draw=lambda *a: _blank())
+    controls = {c.description: c for row in box.children[:2] for c in row.children}
+    # values as a browser slider delivers them: the log slider's 10**2.1, binary float steps
+    controls["alpha"].value = 10 ** 2.1
+    controls["power n"].value = 1.9999999999999998
+    controls["t0"].value = 0.1 + 0.2
+    box.children[2].children[0].click()
+    text = (tmp_path / "tuned.yaml").read_text()
+    chosen = yaml.safe_load(text)["scaffold"]
+    assert chosen["alpha"] == 126.0 and chosen["power"] == 2.0 and chosen["t0"] == 0.3
+    assert "125.89" not in text and "1.99999" not in text and "0.30000" not in text
+
+
+def test_round_to_step():
+    assert widgets.round_to_step(0.30000000000000004, 0.01) == 0.3
+    assert widgets.round_to_step(0.123456, 0.05) == 0.1
+    assert widgets.round_to_step(2.74, 0.5) == 2.5
+    assert widgets.round_to_step(7, 1) == 7.0

@@ -238,6 +238,10 @@ class Judge(abc.ABC):
                 self.stats.wall_s += time.perf_counter() - t0
         if depth == 0:
             self.stats.criteria += sum(len(it.criteria) for it in items)
+            from ..progress import emit
+
+            emit("judge", judge=type(self).__name__, criteria=self.stats.criteria, calls=self.stats.calls,
+                 failed=self.stats.failed, every_s=0.5)
         for it, verdicts in zip(items, out):
             if len(verdicts) != len(it.criteria):
                 raise RuntimeError(

@@ -288,6 +288,7 @@ def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from ..progress import progress_callback
     from ..trl_compat import install_logprob_fallback
 
     install_logprob_fallback()  # TRL's fused LM-head kernel needs Triton/CUDA
@@ -317,7 +318,8 @@ def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -
         disable_tqdm=False,  # a progress bar while the warm start trains
         train_sampling_strategy="group_by_length",  # hinted and bare prompts differ a lot in length
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[progress_callback("sft")])
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

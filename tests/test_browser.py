@@ -1,0 +1,355 @@
+"""The notebooks as people use them: JupyterLab in a real (headless) browser, and the report.
+
+A JupyterLab server is started on a free loopback port with a token, Chromium (Debian's
+`chromium`, driven through the `playwright` package; never a downloaded browser) opens the
+notebooks, runs them and moves their controls like a person would. Every wait is on the
+page's state (a heading, a step counter, a button's status), never a fixed sleep.
+Screenshots land in outputs/browser/ so a failure can be looked at.
+
+Without a browser the tests skip with the reason; under CI=true they fail instead
+(`.ci/run` installs what is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "outputs" / "browser"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# one run of a notebook in JupyterLab: generous for a loaded 2-core machine
+RUN_TIMEOUT_MS = 240_000
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def _chromium() -> str:
+    """Path of the Chromium to drive, or skip (fail under CI) saying what is missing."""
+    problems = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("the `playwright` Python package is not installed")
+    exe = os.environ.get("RUSCARL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        problems.append("no Chromium executable (Debian: apt-get install chromium)")
+    if problems:
+        reason = "browser tests need a browser: " + "; ".join(problems)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: .ci/run installs both)")
+        pytest.skip(reason)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A fresh headless Chromium context (own user-data dir), 1280x800."""
+    exe = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=exe, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(60_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, browser):
+    """JupyterLab serving a scratch folder with copies of the notebooks; stopped by pid."""
+    root = tmp_path_factory.mktemp("lab")
+    (root / "notebooks").mkdir()
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "RUSCARL_ROOT": str(ROOT), "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("RUSCARL_HEADLESS", None)  # widgets must be live here
+    # settings of a fresh user: start the notebook's own kernel without asking, no news toast
+    settings = root / ".settings"
+    for plugin, values in {"@jupyterlab/notebook-extension/tracker": {"autoStartDefaultKernel": True,
+                                                                      "windowingMode": "none"},
+                           "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                                           "checkForUpdates": False}}.items():
+        target = settings / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+    env.update(JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.port_retries=0", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers run as root; JupyterLab refuses without it
+    log = (root / "lab.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not start:\n{(root / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield {"url": url, "token": token, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _copy_notebook(lab, name: str, parameters: dict) -> str:
+    """notebooks/<name>.ipynb into the lab folder with its parameters cell replaced."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    original = cell.source
+    cell.source = original + "\n# set by the browser test\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+    nbformat.write(nb, lab["root"] / "notebooks" / f"{name}.ipynb")
+    return f"notebooks/{name}.ipynb"
+
+
+def _open(browser, lab, path: str):
+    """The notebook in a new tab, its kernel started and idle."""
+    page = browser.new_page()
+    # a workspace of its own: JupyterLab would otherwise reopen the earlier tests' notebooks
+    workspace = re.sub(r"\W", "-", Path(path).stem)
+    page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{path}?token={lab['token']}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
+    page.wait_for_selector(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           state="attached", timeout=RUN_TIMEOUT_MS)
+    return page
+
+
+def _run_all(page) -> None:
+    """Run > Run All Cells, until the first code cell has run (shows an execution count).
+
+    While a notebook's kernel is still starting, a Run All can be dropped (the queued cells
+    are reset when the kernel connection changes), so the command is repeated until the
+    page shows the first cell ran (at most three times).
+    """
+    for attempt in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:
+            page.wait_for_function("""() => {
+                const p = document.querySelector('.jp-CodeCell .jp-InputPrompt');
+                return p && /\\[\\d+\\]/.test(p.textContent);
+            }""", timeout=60_000)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+
+
+def _wait_done(page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Every code cell has an execution count and the kernel is idle again."""
+    page.wait_for_function("""() => {
+        const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+        const busy = document.querySelector(".jp-Notebook-ExecutionIndicator[data-status='busy']");
+        return prompts.length > 0 && !busy && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+    }""", timeout=timeout_ms)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
+    assert errors.count() == 0, errors.first.inner_text()[:2000]
+
+
+def _slider(page, label: str):
+    return page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(f"^{re.escape(label)}$")))
+
+
+def _set_slider(page, label: str, value) -> None:
+    """Type a value into a slider's readout, as a person editing the number does."""
+    readout = _slider(page, label).locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(str(value))
+    page.keyboard.press("Enter")
+    page.wait_for_function("([el, v]) => el.textContent.trim() === v",
+                           arg=[readout.element_handle(), str(value)])
+
+
+def _readout(page, label: str) -> str:
+    return _slider(page, label).locator(".widget-readout").inner_text().strip()
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+# --------------------------------------------------------------------------------------------
+# 02: the schedule tuner
+# --------------------------------------------------------------------------------------------
+
+
+def test_schedule_tuner_redraws_and_writes_what_the_controls_show(browser, lab, tmp_path):
+    out = tmp_path / "02"
+    page = _open(browser, lab, _copy_notebook(lab, "02_scaffold_tuning", {"output_dir": str(out)}))
+    try:
+        _run_all(page)
+        _wait_done(page)
+        caption = page.locator(".ruscarl-schedule-caption")
+        caption.wait_for()
+        assert "G=8" in caption.inner_text()
+        before = page.locator(".ruscarl-schedule-view img").get_attribute("src")
+        _set_slider(page, "G", 4)
+        page.wait_for_function("() => /G=4,/.test(document.querySelector('.ruscarl-schedule-caption').textContent)")
+        _set_slider(page, "t0", "0.35")
+        page.wait_for_function("() => /t0=0.35/.test(document.querySelector('.ruscarl-schedule-caption').textContent)")
+        _set_slider(page, "alpha", "200")
+        # the kernel has every new value once its redraw says so (10**2.3 = 199.5..., shown as 200)
+        page.wait_for_function("() => /alpha=200,/.test(document.querySelector('.ruscarl-schedule-caption').textContent)")
+        after = page.locator(".ruscarl-schedule-view img").get_attribute("src")
+        assert after and after != before  # the heatmaps were drawn again
+        page.get_by_role("button", name="write params").click()
+        page.wait_for_function("() => [...document.querySelectorAll('.widget-html')].some(e => /wrote/.test(e.textContent))")
+        shown = {k: _readout(page, k) for k in ("G", "t0", "alpha", "power n")}
+    finally:
+        _shot(page, "02_schedule_tuner")
+        page.close()
+    chosen = yaml.safe_load((out / "schedule_tuned.yaml").read_text())
+    assert chosen["schedule_view"]["group_size"] == int(shown["G"]) == 4
+    assert chosen["scaffold"]["t0"] == float(shown["t0"]) == 0.35
+    assert chosen["scaffold"]["alpha"] == float(shown["alpha"])  # the readout's 3 figures, no float noise
+    assert chosen["scaffold"]["power"] == float(shown["power n"])
+    text = (out / "schedule_tuned.yaml").read_text()
+    assert not re.search(r"\d\.\d{7,}", text.split("scaffold:")[1].split("\n\n")[0]), text
+
+
+# --------------------------------------------------------------------------------------------
+# 01: the example browser
+# --------------------------------------------------------------------------------------------
+
+
+def test_example_browser_shows_another_example_when_its_control_moves(browser, lab, tmp_path):
+    page = _open(browser, lab, _copy_notebook(lab, "01_rubric_exploration", {"output_dir": str(tmp_path / "01")}))
+    try:
+        _run_all(page)
+        _wait_done(page)
+        heading = page.locator(".ruscarl-example-browser h3").first
+        heading.wait_for()
+        first = heading.inner_text()
+        _set_slider(page, "example", 3)
+        page.wait_for_function(
+            "(old) => { const h = document.querySelector('.ruscarl-example-browser h3');"
+            " return h && h.innerText.trim() && h.innerText.trim() !== old; }", arg=first.strip())
+        second = page.locator(".ruscarl-example-browser h3").first.inner_text()
+    finally:
+        _shot(page, "01_example_browser")
+        page.close()
+    from ruscarl_lib.data_io import load_sample_dataset
+
+    examples = load_sample_dataset()  # the notebook's data when no path is given
+    assert first.strip() == examples[0].id and second.strip() == examples[3].id
+
+
+# --------------------------------------------------------------------------------------------
+# 03: live training curves
+# --------------------------------------------------------------------------------------------
+
+
+def test_training_notebook_updates_its_live_view_while_training(browser, lab, tmp_path):
+    from ruscarl_lib.data_io import write_jsonl
+    from ruscarl_lib.params import save_params
+    from ruscarl_lib.tiny_model import save_tiny_model
+    from ruscarl_lib.toy_task import rule_examples, toy_params
+
+    params = toy_params(save_tiny_model(tmp_path / "model"), tmp_path / "runs", "live", max_steps=6)
+    params.data.path = str(write_jsonl(rule_examples(4), tmp_path / "toy.jsonl"))
+    params.judge.cache_path = None
+    params_file = save_params(params, tmp_path / "toy.yaml")
+    page = _open(browser, lab, _copy_notebook(lab, "03_train_grpo", {
+        "params_file": str(params_file), "run_name": "live", "table_every": 1}))
+    try:
+        _run_all(page)
+        seen_steps, seen_points = set(), set()
+        finished = page.locator(".jp-OutputArea-output", has_text=re.compile(r"finished \d+ RL steps"))
+        deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+        # follow the live view until the run ends: its step counter and the points drawn
+        while finished.count() == 0:
+            state = page.wait_for_function("""(seen) => {
+                const view = document.querySelector('.ruscarl-live');
+                const done = [...document.querySelectorAll('.jp-OutputArea-output')]
+                    .some(o => /finished \\d+ RL steps/.test(o.textContent));
+                if (!view) return done ? {step: null, points: null, done} : false;
+                const m = view.textContent.match(/RL step (\\d+)/);
+                const step = m ? Number(m[1]) : null;
+                const p = view.textContent.match(/curves of (\\d+) logged steps/);
+                const points = p ? Number(p[1]) : null;
+                if (done || (step !== null && !seen.includes(step))) return {step, points, done};
+                return false;
+            }""", arg=sorted(seen_steps), timeout=RUN_TIMEOUT_MS).json_value()
+            if state["step"] is not None and not state["done"]:
+                seen_steps.add(state["step"])
+                seen_points.add(state["points"])
+            assert time.monotonic() < deadline, "training did not finish"
+            if state["done"]:
+                break
+        _wait_done(page)
+    finally:
+        _shot(page, "03_live_training")
+        page.close()
+    # the view changed at least twice while the run was going, with more points drawn later
+    assert len(seen_steps) >= 2, seen_steps
+    points = sorted(p for p in seen_points if p is not None)
+    assert len(points) >= 2 and points[-1] > points[0], seen_points
+    summary = json.loads((tmp_path / "runs" / "live" / "summary.json").read_text())
+    assert summary["rl_steps"] == 6
+
+
+# --------------------------------------------------------------------------------------------
+# The report's first screen
+# --------------------------------------------------------------------------------------------
+
+
+def test_report_opens_on_its_headline_table(browser, tmp_path):
+    from ruscarl_lib.demo import run_demo
+
+    headline = run_demo(tmp_path / "demo", suite="foundation", progress=False)
+    page = browser.new_page()
+    try:
+        page.goto(Path(headline["report"]).as_uri())
+        table = page.locator("#headline")
+        table.wait_for()
+        box = table.bounding_box()
+        _shot(page, "report_first_screen")
+        assert page.evaluate("window.scrollY") == 0
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 800, box  # all of it on the first screen
+        assert page.locator(".jp-CodeCell .jp-Cell-inputWrapper").first.is_hidden()  # code hidden ...
+        page.locator("#ruscarl-show-code").check()
+        assert page.locator(".jp-CodeCell .jp-Cell-inputWrapper").first.is_visible()  # ... until asked for
+        alts = page.locator("img").evaluate_all("imgs => imgs.map(i => i.alt)")
+        assert alts and all(a.strip() for a in alts)
+    finally:
+        page.close()
