@@ -7,8 +7,8 @@ in its own process with the kernel environment set before torch loads; see
 rule. Finished cells are kept under --out and reused only while their inputs are unchanged, so
 the grid can run in parts:
 
-    # the CI configuration over 4 seeds x threads {1,2} x kernels {default, avx2}
-    python benchmarks/sandbox_robustness.py --configs ci --seeds 0 1 2 3 --threads 1 2 --kernels default avx2
+    # the demo (and CI) configuration over seeds x threads {1,2} x kernels {default, avx2}
+    python benchmarks/sandbox_robustness.py --configs default --seeds 0 1 2 3 --threads 1 2 --kernels default avx2
     # the demo configuration on its own world and three others, 3 seeds each, one setting
     python benchmarks/sandbox_robustness.py --configs default --worlds default 1 2 3 --seeds 0 1 2 --threads 1
 
@@ -28,7 +28,7 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params/sandbox.yaml")
-    ap.add_argument("--configs", nargs="+", default=["ci"])
+    ap.add_argument("--configs", nargs="+", default=["default"])
     ap.add_argument("--worlds", nargs="+", default=["default"], help="world seeds; 'default' keeps the file's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])

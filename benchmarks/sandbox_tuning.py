@@ -7,7 +7,7 @@ table (key, value, seed, validation score, unclipped mean) goes to `tuning.csv` 
 `tuning.md` under --out; the best value per key is the one with the highest mean validation
 score. Held-out numbers are never read here.
 
-    python benchmarks/sandbox_tuning.py --config ci --seeds 0 1 \
+    python benchmarks/sandbox_tuning.py --config small --seeds 0 1 \
         --grid train.learning_rate=1e-4,2e-4,4e-4 scaffold.t0=0.3,0.5,0.7
 """
 
@@ -22,7 +22,7 @@ import time
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params/sandbox.yaml")
-    ap.add_argument("--config", default="ci", help="a configuration of ruscarl_lib.sandbox.robustness.CONFIGS")
+    ap.add_argument("--config", default="small", help="a configuration of ruscarl_lib.sandbox.robustness.CONFIGS")
     ap.add_argument("--world", default="default", help="world seed; 'default' keeps the file's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2,...")

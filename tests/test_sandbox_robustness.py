@@ -35,14 +35,15 @@ def test_collapse_rule_fires_on_a_lasting_fall_only():
 
 
 def test_cell_digest_follows_the_params_and_the_kernel_setting():
-    a = Cell("ci", None, 0, 1, "default")
+    a = Cell("small", None, 0, 1, "default")
     pa = cell_params(a, "params/sandbox.yaml")
     assert pa.sandbox.world["n_conditions"] == 8 and pa.train.max_steps == 150
+    assert cell_params(Cell("default", None, 0, 1, "default"), "params/sandbox.yaml").train.max_steps == 400
     assert cell_digest(a, pa, "heldout") == cell_digest(a, cell_params(a, "params/sandbox.yaml"), "heldout")
-    other_world = Cell("ci", 3, 0, 1, "default")
+    other_world = Cell("small", 3, 0, 1, "default")
     assert cell_params(other_world, "params/sandbox.yaml").sandbox.world["seed"] == 3
     assert cell_digest(other_world, cell_params(other_world, "params/sandbox.yaml"), "heldout") != cell_digest(a, pa, "heldout")
-    avx2 = Cell("ci", None, 0, 1, "avx2")
+    avx2 = Cell("small", None, 0, 1, "avx2")
     assert cell_digest(avx2, pa, "heldout") != cell_digest(a, pa, "heldout")
     assert cell_digest(a, pa, "validation") != cell_digest(a, pa, "heldout")
     lr = cell_params(a, "params/sandbox.yaml", {"train.learning_rate": 1e-4})
@@ -53,7 +54,7 @@ def test_cell_digest_follows_the_params_and_the_kernel_setting():
     other = cell_params(a, "params/sandbox.yaml", {"sandbox.world.repeat_points": 0})
     assert cell_digest(a, other, "heldout") != cell_digest(a, pa, "heldout")
     with pytest.raises(ValueError, match="kernel"):
-        cell_params(Cell("ci", None, 0, 1, "sse"), "params/sandbox.yaml")
+        cell_params(Cell("small", None, 0, 1, "sse"), "params/sandbox.yaml")
 
 
 def test_comparison_reruns_when_the_world_changes(tmp_path, monkeypatch):
