@@ -30,7 +30,8 @@ def fake_notebooks(monkeypatch):
         return Path(target)
 
     monkeypatch.setattr(demo, "run_notebook", run_notebook)
-    monkeypatch.setattr(demo, "export_html", lambda paths, html, title: Path(html))
+    monkeypatch.setattr(demo, "export_html", lambda paths, html, title, summary=None: Path(html))
+    monkeypatch.setattr(demo, "export_each", lambda paths: [])
     return calls, outputs
 
 
