@@ -42,7 +42,7 @@ def main() -> None:
 
     import yaml
 
-    from ruscarl_lib.sandbox.robustness import Cell, run_cells, summarize
+    from ruscarl_lib.sandbox.robustness import Cell, cells_table, run_cells, summarize
 
     extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     worlds = [None if w == "default" else int(w) for w in args.worlds]
@@ -59,6 +59,8 @@ def main() -> None:
     tag = "_".join([*args.configs, args.split])
     with open(os.path.join(args.out, f"summary_{tag}.json"), "w") as f:
         json.dump({"summary": summary, "cells": results}, f, indent=2)
+    with open(os.path.join(args.out, f"table_{tag}.md"), "w") as f:
+        f.write(cells_table(results))
     print(
         f"sandbox_robustness: {summary['n']} cells ({'/'.join(args.configs)}, {args.split}; worlds {args.worlds}, "
         f"seeds {args.seeds}, threads {args.threads}, kernels {args.kernels}) | ruscarl-baseline "

@@ -46,6 +46,7 @@ from ..paths import atomic_write_text, resolve_path
 
 __all__ = [
     "CONFIGS",
+    "cells_table",
     "KERNELS",
     "Cell",
     "cell_params",
@@ -346,6 +347,22 @@ def summarize(results: Sequence[dict[str, Any]], threshold: float) -> dict[str, 
         "baseline_zero_var_median": (round(statistics.median(r["baseline_run"]["zero_var_frac"] for r in results), 4)
                                      if gaps and all(r["baseline_run"].get("zero_var_frac") is not None for r in results) else None),
     }
+
+
+def cells_table(results: Sequence[dict[str, Any]]) -> str:
+    """One markdown row per cell: scores (clipped and unclipped), the gap, the baseline's share of
+    zero-variance groups, and the RuscaRL run's degeneration flags."""
+    lines = ["| config | world | seed | threads | kernels | ruscarl | baseline (unclipped) | gap | "
+             "baseline zero-var groups | collapse / runaway |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(results, key=lambda r: (r["config"], str(r["world_seed"]), r["kernel"], r["threads"], r["seed"])):
+        run = r["ruscarl_run"]
+        world = "default" if r["world_seed"] is None else r["world_seed"]
+        flags = "/".join(["collapse" if run.get("collapsed") else "-", "runaway" if run.get("runaway") else "-"])
+        lines.append(f"| {r['config']} | {world} | {r['seed']} | {r['threads']} | {r['kernel']} | {r['ruscarl']:.3f} | "
+                     f"{r['baseline']:.3f} ({r.get('baseline_unclipped')}) | {r['gap']:+.3f} | "
+                     f"{r['baseline_run'].get('zero_var_frac')} | {flags} |")
+    return "\n".join(lines) + "\n"
 
 
 def _main(spec_json: str) -> None:
