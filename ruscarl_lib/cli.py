@@ -5,6 +5,8 @@
     ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.training)
     ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps);
                                       --gpus-per-run N, --executor ray [--address ...]
+    ruscarl judge-server [--params f.yaml] [--model NAME] [--port P]
+                                      a local vLLM judge in the foreground (judge.server section)
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         from ruscarl_lib.sweeps import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv and argv[0] == "judge-server":
+        from ruscarl_lib.judges.server import main as server_main
+
+        return server_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ruscarl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="GRPO training; see `ruscarl train --help`")
     sub.add_parser("sweep", help="papermill sweep; see `ruscarl sweep --help`")
+    sub.add_parser("judge-server", help="a local vLLM judge server; see `ruscarl judge-server --help`")
 
     demo = sub.add_parser("demo", help="run the notebook suite headless on CPU data")
     demo.add_argument("--suite", choices=["foundation", "sandbox"], default="sandbox",

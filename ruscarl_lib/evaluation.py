@@ -242,7 +242,12 @@ def load_eval_model(
 
 
 def _local_or_hub(name: str) -> str:
-    """A path relative to the project root when such a folder exists, else a hub model id."""
+    """A registered local model's folder (ruscarl_lib.local_models), a path relative to the
+    project root when such a folder exists, else a hub model id."""
+    from .local_models import is_local_model, resolve_model
+
+    if is_local_model(name):
+        return resolve_model(name)
     local = resolve_path(name)
     return str(local) if local.exists() else name
 

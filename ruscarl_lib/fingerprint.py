@@ -119,6 +119,10 @@ def model_identity(name: str | None) -> str | None:
     """`sha256:<digest>` of a local model/adapter folder or file, else the hub id itself."""
     if not name:
         return None
+    from .local_models import is_local_model, local_model_identity
+
+    if is_local_model(name):
+        return local_model_identity(name)
     local = resolve_path(name)
     if local.exists():
         return "sha256:" + path_digest(local)

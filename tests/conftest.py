@@ -18,3 +18,33 @@ def healthbench_500_path() -> Path:
     if not path.exists():
         pytest.skip(f"HealthBench-500 not available at {path}")
     return path
+
+
+def missing_under_ci(reason: str) -> None:
+    """Skip with `reason`, or fail under CI=true (where .ci/run installs what is missing)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI=true: .ci/run sets it up, so a missing piece is a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_judge_server():
+    """One real `vllm serve` judge for every test that needs it: vLLM's CPU build from
+    .venv-vllm (scripts/setup_vllm_lane.sh) serving SmolLM2-135M-Instruct, built from the wheel
+    that scripts/setup.sh fetched. Started once on a free loopback port, stopped by pid; its
+    log stays in outputs/tests/judge_server.log."""
+    from ruscarl_lib.judges.server import JudgeServer, JudgeServerError, find_vllm
+    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
+    from ruscarl_lib.params import JudgeServerParams
+
+    try:
+        find_vllm()
+        ensure_local_model("smollm2-135m-instruct")
+    except (JudgeServerError, LocalModelError) as e:
+        missing_under_ci(f"the real judge server is not available: {e}")
+    server = JudgeServer(JudgeServerParams(), REPO / "outputs" / "tests" / "judge_server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -197,7 +197,9 @@ class _Server(ThreadingHTTPServer):
 class JudgeServer:
     """Owns the HTTP server thread and the scripted state (thread-safe)."""
 
-    def __init__(self, latency_s: float = 0.0, slow_s: float = 0.3, hang_s: float = 3.0, model: str = "judge-test") -> None:
+    def __init__(self, latency_s: float = 0.0, slow_s: float = 0.3, hang_s: float = 3.0, model: str = "judge-test",
+                 port: int = 0) -> None:
+        self.port = port
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.hang_s = hang_s
@@ -241,7 +243,7 @@ class JudgeServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def start(self) -> "JudgeServer":
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", self.port), _Handler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()

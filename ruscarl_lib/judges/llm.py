@@ -38,13 +38,14 @@ import time
 import urllib.parse
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import openai
 
 from ..params import JudgeParams
 from ..rubric import Criterion
 from .http import AioHttpChatClient
+from .server import JudgeServerDied
 from .prompts import PROMPT_VERSION, GraderOutputError, Scope, build_messages, parse_multi, parse_single, response_format
 from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
 
@@ -228,6 +229,9 @@ class OpenAIJudge(Judge):
         self._rr = 0
         self._rng = random.Random(jitter_seed)  # backoff jitter only
         self._loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources]" = weakref.WeakKeyDictionary()
+        # Set by whoever started the server (judges.server): returns why it cannot answer, or
+        # None. Asked after a failed request, so a dead server stops grading at once.
+        self.liveness: Callable[[], str | None] | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIJudge(model={self.params.model!r}, base_urls={self.params.base_urls!r}, mode={self.params.mode!r})"
@@ -249,6 +253,8 @@ class OpenAIJudge(Judge):
         }
         if p.mode == "batched":
             fp["criteria_per_call"] = p.criteria_per_call
+        if p.explanation_max_chars is not None:
+            fp["explanation_max_chars"] = p.explanation_max_chars
         return fp
 
     def request_settings(self) -> dict[str, Any]:
@@ -361,7 +367,7 @@ class OpenAIJudge(Judge):
         if p.seed is not None:
             body["seed"] = p.seed
         if structured:
-            body["response_format"] = response_format(scope)
+            body["response_format"] = response_format(scope, p.explanation_max_chars)
         body.update(p.extra_body)
         return body
 
@@ -477,6 +483,9 @@ class OpenAIJudge(Judge):
                 content, pt, ct, settings = await self._request(res, messages, scope, avoid, bad_output)
             except _AttemptError as e:
                 self.stats.errors[e.kind] += 1
+                dead = self.liveness() if self.liveness is not None else None
+                if dead:
+                    raise JudgeServerDied(dead) from None
                 for i in pending:
                     last[i] = (e.kind, e.message)
                 if e.structured_rejected:
@@ -554,6 +563,8 @@ class OpenAIJudge(Judge):
         async def run(k: int, idx: list[int], scope: Scope) -> None:
             try:
                 out[k].update(await self._grade_group(res, items[k], idx, scope))
+            except JudgeServerDied:
+                raise  # not a failed verdict: nobody is left to ask
             except Exception as e:  # a bug or stray error in one group must not sink the batch
                 log.warning("judge: grading criteria %s of item %d raised %s: %s; counted as failures",
                             idx, k, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
