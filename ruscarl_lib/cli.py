@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("judge-server", help="a local vLLM judge server; see `ruscarl judge-server --help`")
 
     demo = sub.add_parser("demo", help="run the notebook suite headless on CPU data")
-    demo.add_argument("--suite", choices=["foundation", "sandbox"], default="sandbox",
+    demo.add_argument("--suite", choices=["foundation", "sandbox", "healthbench"], default="sandbox",
                       help="foundation: notebooks 01-02 on the embedded sample; sandbox: 00-05 on "
-                           "the CPU sandbox (training and evaluation included)")
+                           "the CPU sandbox (training and evaluation included); healthbench: 01-05 on "
+                           "the real path (SmolLM2 policy, local vLLM judge; HealthBench if configured)")
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--params", default=None, help="params file (default: per suite)")
     demo.add_argument("--force", action="store_true", help="rerun every stage from scratch (retrain, regrade); without it a finished "

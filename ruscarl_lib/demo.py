@@ -1,7 +1,9 @@
 """The main job: the notebook suite, headless, on CPU data.
 
-Two suites. `foundation` (the default for now): explore the embedded sample rubrics (01) and
-draw the scaffold schedule (02). `sandbox`: the whole pipeline on the CPU sandbox, in stages,
+Three suites. `foundation`: explore the embedded sample rubrics (01) and draw the scaffold
+schedule (02). `healthbench`: the real path, 01 to 05 with a pretrained chat model as the policy
+and a local vLLM judge server started once for every stage (params/healthbench_cpu.yaml).
+`sandbox` (the main job): the whole pipeline on the CPU sandbox, in stages,
 each one notebook with plain parameters: build the sandbox world and policy (00), explore
 its rubrics (01), draw the scaffold schedule (02), train RuscaRL and the plain rubric-GRPO
 baseline from the same warm start with the same seed and steps (03 twice), evaluate the starting
@@ -21,6 +23,7 @@ with unchanged inputs resumes (training from its last checkpoint, evaluation fro
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +42,14 @@ class Stage:
     summary: str = "summary.json"  # relative to the stage's output folder
     after: tuple[str, ...] = ()    # upstream stages whose outputs this one reads
     fresh: dict[str, Any] = field(default_factory=dict)  # parameters that make a rerun start over
+    needs_judge: bool = False  # gets `judge_url`: the demo's judge server (healthbench suite)
 
 
-SUITES = ("foundation", "sandbox")
-DEFAULT_PARAMS = {"foundation": "params/default.yaml", "sandbox": "params/sandbox.yaml"}
+SUITES = ("foundation", "sandbox", "healthbench")
+DEFAULT_PARAMS = {"foundation": "params/default.yaml", "sandbox": "params/sandbox.yaml",
+                  "healthbench": "params/healthbench_cpu.yaml"}
+TITLES = {"sandbox": "RuscaRL demo on the CPU sandbox", "foundation": "RuscaRL: rubrics and scaffolds",
+          "healthbench": "RuscaRL on the real path: SmolLM2-135M-Instruct with a vLLM judge"}
 
 
 def foundation_stages(out: Path, params_file: str) -> list[Stage]:
@@ -57,35 +64,59 @@ def demo_stages(out: Path, params_file: str, overrides: dict[str, Any] | None = 
         raise ValueError(f"unknown demo suite {suite!r}; expected one of {SUITES}")
     if suite == "foundation":
         return foundation_stages(out, params_file)
-    world = out / "00_sandbox_world"
-    prepared = str(world / "sandbox_params.yaml")
-    runs = out / "runs"
-    evals = out / "evals"
-    w = ("00_sandbox_world",)
-    stages = [
-        Stage("00_sandbox_world", "00_sandbox_world", {"params_file": params_file, "output_dir": str(world)}),
-        Stage("01_rubric_exploration", "01_rubric_exploration",
-              {"params_file": prepared, "output_dir": str(out / "01_rubric_exploration")}, after=w),
-        Stage("02_scaffold_tuning", "02_scaffold_tuning",
-              {"params_file": prepared, "output_dir": str(out / "02_scaffold_tuning")}, after=w),
-    ]
-    for arm, enabled in (("ruscarl", True), ("baseline", False)):
-        stages.append(Stage(f"03_train_{arm}", "03_train_grpo",
-                            {"params_file": prepared, "output_dir": str(runs), "run_name": arm,
-                             "scaffold_enabled": enabled}, after=w, fresh={"fresh": True}))
-    for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl" / "adapter")),
-                          ("baseline", str(runs / "baseline" / "adapter"))):
-        stages.append(Stage(f"04_evaluate_{name}", "04_evaluate",
-                            {"params_file": prepared, "output_dir": str(evals / name), "adapter": adapter},
-                            after=w + ((f"03_train_{name}",) if adapter else ()), fresh={"overwrite": True}))
-    stages.append(Stage("05_analysis", "05_analysis", {
-        "params_file": prepared, "output_dir": str(out / "05_analysis"),
-        "runs": [str(runs / "ruscarl"), str(runs / "baseline")],
-        "evals": [str(evals / n) for n in ("start", "ruscarl", "baseline")]},
-        after=tuple(s.name for s in stages)))
+    if suite == "healthbench":
+        # the params file as it is (no world to build); 03 and 04 grade with the demo's judge
+        stages = foundation_stages(out, params_file)
+        stages += pipeline_stages(out, params_file, (), needs_judge=True)
+    else:
+        world = out / "00_sandbox_world"
+        prepared = str(world / "sandbox_params.yaml")
+        w = ("00_sandbox_world",)
+        stages = [
+            Stage("00_sandbox_world", "00_sandbox_world", {"params_file": params_file, "output_dir": str(world)}),
+            Stage("01_rubric_exploration", "01_rubric_exploration",
+                  {"params_file": prepared, "output_dir": str(out / "01_rubric_exploration")}, after=w),
+            Stage("02_scaffold_tuning", "02_scaffold_tuning",
+                  {"params_file": prepared, "output_dir": str(out / "02_scaffold_tuning")}, after=w),
+        ]
+        stages += pipeline_stages(out, prepared, w)
     for stage in stages:
         stage.parameters.update((overrides or {}).get(stage.name, {}))
     return stages
+
+
+def pipeline_stages(out: Path, params_file: str, after: tuple[str, ...], needs_judge: bool = False) -> list[Stage]:
+    """03 twice (RuscaRL, baseline: same start, seed and steps), 04 three times (the start and
+    both trained policies, no scaffolds) and 05, all on `params_file`, after stages `after`."""
+    runs, evals = out / "runs", out / "evals"
+    stages = []
+    for arm, enabled in (("ruscarl", True), ("baseline", False)):
+        stages.append(Stage(f"03_train_{arm}", "03_train_grpo",
+                            {"params_file": params_file, "output_dir": str(runs), "run_name": arm,
+                             "scaffold_enabled": enabled}, after=after, fresh={"fresh": True},
+                            needs_judge=needs_judge))
+    for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl" / "adapter")),
+                          ("baseline", str(runs / "baseline" / "adapter"))):
+        stages.append(Stage(f"04_evaluate_{name}", "04_evaluate",
+                            {"params_file": params_file, "output_dir": str(evals / name), "adapter": adapter},
+                            after=after + ((f"03_train_{name}",) if adapter else ()), fresh={"overwrite": True},
+                            needs_judge=needs_judge))
+    stages.append(Stage("05_analysis", "05_analysis", {
+        "params_file": params_file, "output_dir": str(out / "05_analysis"),
+        "runs": [str(runs / "ruscarl"), str(runs / "baseline")],
+        "evals": [str(evals / n) for n in ("start", "ruscarl", "baseline")]},
+        after=after + tuple(s.name for s in stages)))
+    return stages
+
+
+@contextlib.contextmanager
+def demo_judge(params_file: str, out: Path):
+    """One judge server for every stage of a demo that grades (started on first need)."""
+    from ruscarl_lib.judges.server import JudgeServer
+    from ruscarl_lib.params import load_params
+
+    with JudgeServer(load_params(params_file).judge.server, out / "judge_server.log") as server:
+        yield server
 
 
 def _summary_path(stage: Stage) -> Path:
@@ -102,8 +133,13 @@ def run_demo(
     force: bool = False,
     progress: bool = True,
     overrides: dict[str, dict[str, Any]] | None = None,
+    judge_url: str | None = None,
 ) -> dict[str, Any]:
-    """Execute every stage, write `report.html` and `headline.json`, and return the headline numbers."""
+    """Execute every stage, write `report.html` and `headline.json`, and return the headline numbers.
+
+    Suite `healthbench` grades with a judge server it starts from the params' `judge.server`
+    section on first need (one for every stage), or with the one at `judge_url`.
+    """
     out = resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     executed: list[Path] = []
@@ -112,33 +148,45 @@ def run_demo(
     stages = demo_stages(out, params_file or DEFAULT_PARAMS.get(suite, ""), overrides, suite)
     ran, kept = [], []
     done: dict[str, str] = {}  # stage name -> digest of its inputs and summary, for downstream stages
-    for i, stage in enumerate(stages, 1):
-        target = out / "notebooks" / f"{stage.name}.ipynb"
-        summary_file = _summary_path(stage)
-        record_file = target.with_suffix(".stage.json")
-        inputs = stage_inputs_digest(stage, done)
-        record = read_json(record_file) if record_file.exists() else {}
-        finished = target.exists() and summary_file.exists()
-        if finished and not force and record.get("inputs") == inputs and record.get("status") == "done":
-            echo(f"[demo {i}/{len(stages)}] {stage.name}: already done with the same inputs, kept")
-            kept.append(stage.name)
-        else:
-            # start over unless this is the same stage interrupted (same inputs, not finished)
-            fresh = force or record.get("inputs") != inputs or (finished and not record)
-            why = "forced" if force else ("inputs changed" if fresh and (record or finished) else "")
-            echo(f"[demo {i}/{len(stages)}] {stage.name} ..." + (f" ({why}: from scratch)" if why else ""))
-            t0 = time.perf_counter()
-            write_json(record_file, {"inputs": inputs, "status": "running"})
-            parameters = {**stage.parameters, **(stage.fresh if fresh else {})}
-            run_notebook(stage.notebook, target, parameters, progress=progress)
-            write_json(record_file, {"inputs": inputs, "status": "done"})
-            echo(f"[demo {i}/{len(stages)}] {stage.name} finished in {time.perf_counter() - t0:.0f}s")
-            ran.append(stage.name)
-        executed.append(target)
-        results[stage.name] = read_json(summary_file)
-        done[stage.name] = digest({"inputs": inputs, "summary": results[stage.name]})
-    title = "RuscaRL demo on the CPU sandbox" if suite == "sandbox" else "RuscaRL: rubrics and scaffolds"
-    headline = demo_headline(results) if suite == "sandbox" else dict(results)
+    judge_server = None
+    with contextlib.ExitStack() as servers:
+        for i, stage in enumerate(stages, 1):
+            target = out / "notebooks" / f"{stage.name}.ipynb"
+            summary_file = _summary_path(stage)
+            record_file = target.with_suffix(".stage.json")
+            inputs = stage_inputs_digest(stage, done)
+            record = read_json(record_file) if record_file.exists() else {}
+            finished = target.exists() and summary_file.exists()
+            if finished and not force and record.get("inputs") == inputs and record.get("status") == "done":
+                echo(f"[demo {i}/{len(stages)}] {stage.name}: already done with the same inputs, kept")
+                kept.append(stage.name)
+            else:
+                # start over unless this is the same stage interrupted (same inputs, not finished)
+                fresh = force or record.get("inputs") != inputs or (finished and not record)
+                why = "forced" if force else ("inputs changed" if fresh and (record or finished) else "")
+                echo(f"[demo {i}/{len(stages)}] {stage.name} ..." + (f" ({why}: from scratch)" if why else ""))
+                t0 = time.perf_counter()
+                write_json(record_file, {"inputs": inputs, "status": "running"})
+                parameters = {**stage.parameters, **(stage.fresh if fresh else {})}
+                if stage.needs_judge:
+                    # the judge's address is not an input: it changes with every server start
+                    if judge_url is None:
+                        judge_server = servers.enter_context(demo_judge(stage.parameters["params_file"], out))
+                        judge_url = judge_server.base_url
+                    parameters["judge_url"] = judge_url
+                run_notebook(stage.notebook, target, parameters, progress=progress)
+                write_json(record_file, {"inputs": inputs, "status": "done"})
+                echo(f"[demo {i}/{len(stages)}] {stage.name} finished in {time.perf_counter() - t0:.0f}s")
+                ran.append(stage.name)
+            executed.append(target)
+            results[stage.name] = read_json(summary_file)
+            done[stage.name] = digest({"inputs": inputs, "summary": results[stage.name]})
+    title = TITLES[suite]
+    headline = demo_headline(results) if suite != "foundation" else dict(results)
+    if suite == "healthbench":
+        headline = {k: v for k, v in headline.items() if not k.startswith("start_")}  # no sandbox world
+        if judge_server is not None:
+            headline["judge_server_startup_s"] = round(judge_server.startup_s or 0.0, 1)
     wall_s = round(time.perf_counter() - t_start, 1)
     summary = report_summary(headline, suite=suite, params_file=params_file or DEFAULT_PARAMS.get(suite, ""),
                              out=out, wall_s=wall_s, ran=ran, kept=kept)
@@ -176,6 +224,8 @@ ARMS = ("start", "ruscarl", "baseline")
 KEY_FIGURES = {
     "sandbox": [("05_analysis/eval_scores.png", "held-out scores of the start, RuscaRL and baseline policies"),
                 ("05_analysis/curves.png", "training curves of both arms: reward, scaffold ratio, exploration")],
+    "healthbench": [("05_analysis/eval_scores.png", "scores of the start, RuscaRL and baseline policies by the vLLM judge"),
+                    ("05_analysis/curves.png", "training curves of both arms: reward, scaffold ratio, exploration")],
     "foundation": [("01_rubric_exploration/overview.png", "rubric dataset overview: criteria, points, tags"),
                    ("02_scaffold_tuning/schedule.png", "scaffold schedule: decay and ratio per sample and step")],
 }
@@ -229,7 +279,7 @@ def report_summary(headline: dict[str, Any], *, suite: str, params_file: str, ou
     what = {"suite": suite, "params": relative_to_root(resolve_path(params_file)) if params_file else "",
             "wall time": f"{wall_s:.0f}s ({len(ran)} stages run, {len(kept)} kept from an earlier run)"}
     note = ("Held-out scores: the policies answer the held-out tasks without scaffolds; brackets are 95% intervals."
-            if suite == "sandbox" else "")
+            if suite != "foundation" else "")
     figures = [(out / rel, alt) for rel, alt in KEY_FIGURES.get(suite, [])]
     return summary_html(what, table, numbers, figures, note)
 

@@ -21,6 +21,7 @@ GPU, vLLM on GPU, imported only when asked for) sit behind `generate_responses`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -768,12 +769,18 @@ def run_evaluation(
                       "max_lora_rank": ep.max_lora_rank},
     )
     _write_parquet(responses, out / "generations.parquet")
-    if judge is None:
-        from .judges import build_judge  # written alongside; imported only when grading
+    with contextlib.ExitStack() as servers:
+        if judge is None:
+            from .judges import build_judge  # written alongside; imported only when grading
+            from .judges.server import served_judge
 
-        judge = build_judge(params.judge)
-    verdicts = grade_responses(responses, examples, judge, out, chunk_size=ep.grade_chunk,
-                               overwrite=overwrite, progress=progress)
+            # judge.server.start: a local vLLM judge for this evaluation, stopped after grading
+            judge_params, server = servers.enter_context(served_judge(params.judge, out))
+            judge = build_judge(judge_params)
+            if server is not None:
+                server.attach(judge)
+        verdicts = grade_responses(responses, examples, judge, out, chunk_size=ep.grade_chunk,
+                                   overwrite=overwrite, progress=progress)
     _write_parquet(verdicts, out / "verdicts.parquet")
     policy = params.judge.failure_policy
     scores = response_scores(verdicts, policy).merge(

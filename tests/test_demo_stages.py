@@ -103,3 +103,46 @@ def test_headline_reports_unclipped_scores_and_zero_variance_next_to_clipped():
     assert h["heldout_score"]["baseline"] == 0.0 and h["heldout_unclipped_score"]["baseline"] == -0.01
     assert h["train_zero_variance_frac"] == {"ruscarl": 0.4, "baseline": 0.97}
     assert h["ruscarl_minus_baseline"] == 0.4 and h["ruscarl_minus_baseline_unclipped"] == pytest.approx(0.39)
+
+
+def test_healthbench_suite_starts_one_judge_only_when_a_grading_stage_runs(tmp_path, fake_notebooks, monkeypatch):
+    """Stages 03 and 04 get the demo's judge address; it is not an input (a new port every
+    start must not rerun finished stages), and no server starts when every stage is kept."""
+    import contextlib
+
+    calls, _ = fake_notebooks
+    started = []
+
+    @contextlib.contextmanager
+    def fake_judge(params_file, out):
+        class Server:
+            base_url = f"http://127.0.0.1:{9000 + len(started)}/v1"
+            startup_s = 1.0
+        started.append(Server.base_url)
+        yield Server()
+
+    monkeypatch.setattr(demo, "demo_judge", fake_judge)
+    params = tmp_path / "hb.yaml"
+    params.write_text("seed: 0\n")
+    out = tmp_path / "demo"
+    stages = demo.demo_stages(out, str(params), suite="healthbench")
+    assert [s.name for s in stages] == ["01_rubric_exploration", "02_scaffold_tuning", "03_train_ruscarl",
+                                        "03_train_baseline", "04_evaluate_start", "04_evaluate_ruscarl",
+                                        "04_evaluate_baseline", "05_analysis"]
+    assert {s.name for s in stages if s.needs_judge} == {s.name for s in stages if s.name[:2] in ("03", "04")}
+
+    headline = demo.run_demo(out, str(params), suite="healthbench", progress=False)
+    ran = dict(calls)
+    calls.clear()
+    assert started == ["http://127.0.0.1:9000/v1"]  # one server for all stages
+    assert all(ran[n]["judge_url"] == started[0] for n in ran if n[:2] in ("03", "04"))
+    assert "judge_url" not in ran["01_rubric_exploration"] and "judge_url" not in ran["05_analysis"]
+    assert headline["judge_server_startup_s"] == 1.0 and "start_hinted_score" not in headline
+
+    demo.run_demo(out, str(params), suite="healthbench", progress=False)
+    assert _ran(calls) == [] and len(started) == 1  # all kept: no server started
+
+    (out / "notebooks" / "04_evaluate_start.ipynb").unlink()
+    demo.run_demo(out, str(params), suite="healthbench", progress=False, judge_url="http://127.0.0.1:1/v1")
+    assert calls == [("04_evaluate_start", calls[0][1])] and calls[0][1]["judge_url"] == "http://127.0.0.1:1/v1"
+    assert len(started) == 1  # a given judge is used, none started
