@@ -72,8 +72,8 @@ class JudgeServerParams(_Section):
         None, description="The `vllm` executable; None: $RUSCARL_VLLM, then .venv-vllm/bin/vllm in "
         "the project, then `vllm` on PATH.")
     max_model_len: int = Field(2048, ge=128)
-    dtype: str = Field("auto", description="vLLM --dtype; auto: float32 on a CPU without AVX-512 BF16, "
-                       "where vLLM's bfloat16 is emulated, else vLLM's own choice.")
+    dtype: str = Field("auto", description="vLLM --dtype; auto: float32 on a CPU without bfloat16 units "
+                       "(AVX-512 BF16 or AMX), else vLLM's own choice.")
     kv_cache_gib: float = Field(2.0, gt=0, description="CPU build only: VLLM_CPU_KVCACHE_SPACE.")
     enforce_eager: bool = Field(True, description="Skip graph compilation (CPU start: ~70 s vs ~300 s).")
     threads: int | None = Field(None, ge=1, description="CPU threads for the server; None: vLLM's choice.")
