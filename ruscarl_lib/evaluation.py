@@ -337,14 +337,14 @@ def generate_vllm(
             f"CUDA GPU; import failed: {err}. Set eval.backend: transformers to generate with HF."
         ) from err
     if engine is None:
-        from vllm.platforms import current_platform
+        import torch
 
         engine = vllm.LLM(
             model=_local_or_hub(model), dtype=dtype, seed=cfg.seed, enable_lora=adapter is not None,
             max_lora_rank=max_lora_rank, gpu_memory_utilization=gpu_memory_utilization,
             # vLLM's CPU build: graph compilation took 246 s of a 250 s start for SmolLM2 on 2
             # cores; eager starts in about 60 s and generates the same tokens
-            enforce_eager=current_platform.is_cpu(),
+            enforce_eager=not torch.cuda.is_available(),
         )
     params = [
         vllm.SamplingParams(
