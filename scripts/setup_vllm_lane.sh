@@ -40,13 +40,13 @@ echo "[vllm-lane] installing $TORCH_PIN $TRANSFORMERS_PIN $VLLM_PIN"
 "$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" "$TORCH_PIN" "$TRANSFORMERS_PIN"
 "$VENV/bin/python" -m pip install --quiet "${extra_index[@]}" "$VLLM_PIN" "$TORCH_PIN" "$TRANSFORMERS_PIN"
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
-# What ruscarl_lib.evaluation needs to generate with vLLM in this environment (eval.backend:
-# vllm on CPU; tests/test_vllm_generation.py runs it here with the project on PYTHONPATH),
-# on the project's pins.
+# What ruscarl_lib needs to generate with vLLM in this environment, on the project's pins:
+# evaluation (eval.backend: vllm; tests/test_vllm_generation.py) and colocated GRPO rollouts
+# (train.use_vllm; tests/test_vllm_colocate.py), both run here with the project on PYTHONPATH.
 mapfile -t EVAL_DEPS < <("$VENV/bin/python" - <<'PY'
 import re, tomllib
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-want = {"peft", "accelerate", "pandas", "pyarrow", "pydantic", "pyyaml", "filelock", "gguf", "numpy"}
+want = {"trl", "datasets", "tqdm", "peft", "accelerate", "pandas", "pyarrow", "pydantic", "pyyaml", "filelock", "gguf", "numpy"}
 print("\n".join(d for d in deps if re.split(r"[<>=!~ ]", d)[0].lower() in want))
 PY
 )
