@@ -675,3 +675,34 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
         assert len(rows) <= len(pairs) // 4, differing
         same = [r for r in range(len(table)) if r not in rows]
         assert list(table["completion"][same]) == list(truth["completion"][same])
+
+
+def test_vllm_cpu_linear_patch_keeps_loaded_weights_and_is_idempotent(monkeypatch):
+    """vLLM's CPU build swaps each linear weight for an empty Parameter after loading; the patch
+    must keep the loaded weight (so TRL's colocate sync can copy into it) and apply only once."""
+    import sys
+    import types
+
+    from ruscarl_lib.trl_compat import keep_vllm_cpu_weights_reloadable
+
+    class UnquantizedLinearMethod:
+        def process_weights_after_loading(self, layer):
+            layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)  # what vLLM CPU does
+
+    linear = types.ModuleType("vllm.model_executor.layers.linear")
+    linear.UnquantizedLinearMethod = UnquantizedLinearMethod
+    for name in ("vllm", "vllm.model_executor", "vllm.model_executor.layers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "vllm.model_executor.layers.linear", linear)
+    sys.modules["vllm.model_executor.layers"].linear = linear
+
+    layer = torch.nn.Linear(3, 2)
+    assert keep_vllm_cpu_weights_reloadable() is True
+    patched = UnquantizedLinearMethod.process_weights_after_loading
+    assert keep_vllm_cpu_weights_reloadable() is True and UnquantizedLinearMethod.process_weights_after_loading is patched
+    UnquantizedLinearMethod().process_weights_after_loading(layer)
+    assert layer.weight.shape == (2, 3) and layer.cpu_linear is torch.nn.functional.linear
+
+    for name in ("vllm", "vllm.model_executor", "vllm.model_executor.layers", "vllm.model_executor.layers.linear"):
+        monkeypatch.setitem(sys.modules, name, None)  # no vLLM: nothing patched
+    assert keep_vllm_cpu_weights_reloadable() is False
