@@ -7,6 +7,7 @@ Layout of `outputs/<run>/`:
   adapter/                the final LoRA adapter and tokenizer
   params.yaml, versions.json     what produced the run
   trainer.json            the trainer class, its GRPO base (TRL's or Unsloth's) and effective args
+  contract.json           the live clean-prompt check of the first RL step this process trained
 
 Files are written through a temporary file and renamed, so a crash or a reader never sees half
 a file. After a resume, metrics past the checkpoint are dropped and the rollout files of
@@ -33,6 +34,7 @@ ADAPTER_DIR = "adapter"
 PARAMS_FILE = "params.yaml"
 VERSIONS_FILE = "versions.json"
 TRAINER_FILE = "trainer.json"
+CONTRACT_FILE = "contract.json"
 
 _VERSIONED = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
@@ -219,7 +221,16 @@ def write_versions(run_dir: str | Path) -> Path:
 
 def write_trainer_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
     """trainer.json: which trainer class (and GRPO base) trained the run, with its effective args."""
-    path = Path(run_dir) / TRAINER_FILE
+    return _write_record(Path(run_dir) / TRAINER_FILE, record)
+
+
+def write_contract_report(run_dir: str | Path, report: dict[str, Any]) -> Path:
+    """contract.json: what the live check saw on the first RL step (rollouts, scaffolded ones,
+    loss rows, and that the loss prompt was the clean one), so a report can show it."""
+    return _write_record(Path(run_dir) / CONTRACT_FILE, report)
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     _replace_atomically(tmp, path)

@@ -43,6 +43,7 @@ from .run_outputs import (
     ROLLOUTS_DIR,
     RolloutTableWriter,
     metrics_callback,
+    write_contract_report,
     write_trainer_record,
     prune_rollouts,
     truncate_metrics,
@@ -715,6 +716,8 @@ def run_training(
     trainer.save_model(str(adapter_dir))
     if trainer.accelerator.is_main_process:
         policy.tokenizer.save_pretrained(str(adapter_dir))
+        if getattr(trainer, "contract_report", None):
+            write_contract_report(run_dir, trainer.contract_report)
     state.wait_for_everyone()
     return TrainingResult(
         run_dir=run_dir,

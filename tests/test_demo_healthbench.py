@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ruscarl_lib.data_io import load_sample_dataset, write_jsonl
+from ruscarl_lib.run_outputs import read_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(1800)]
@@ -56,6 +57,15 @@ def test_healthbench_suite_runs_every_notebook_on_the_real_path(real_judge_serve
         saved = yaml.safe_load((run / "params.yaml").read_text())
         assert saved["train"]["model"] == "smollm2-135m-instruct"
         assert saved["judge"]["base_urls"] == [real_judge_server.base_url] and not saved["judge"]["server"]["start"]
+        # the live check of the first RL step: every rollout reached the loss on its clean prompt
+        contract = json.loads((run / "contract.json").read_text())
+        assert contract["prompt"] == "clean" and contract["rollouts"] == 2 and contract["loss_rows"] >= 2, contract
+        assert (contract["scaffolded"] >= 1) == (arm == "ruscarl"), contract
+        # every rollout graded on both criteria by the real judge, its accounting logged per step
+        table = read_rollouts(run)
+        assert len(table) == 2 * 2 and all(len(v) == 2 and "?" not in v for v in table["judge_verdicts"]), table
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert any(float(m.get("judge/calls", 0)) > 0 for m in logged), logged[-1]
     # the start and both adapters were graded by the same judge on the same prompts, nothing failed
     prompts = {}
     for arm in ("start", "ruscarl", "baseline"):

@@ -253,6 +253,7 @@ def test_good_run_records_trainer_and_passes_the_live_contract(model_dir, tmp_pa
     rep = result.trainer.contract_report
     assert rep["rollouts"] == 8 and rep["scaffolded"] > 0 and rep["prompt"] == "clean"
     assert rep["loss_rows"] >= 8 and rep["old_ref_rows"] >= 8 and rep["handed_over"] == 8
+    assert json.loads((result.run_dir / "contract.json").read_text()) == json.loads(json.dumps(rep, default=str))
     record = json.loads((result.run_dir / "trainer.json").read_text())
     assert record["base_class"] == "trl.trainer.grpo_trainer.GRPOTrainer"
     assert record["trainer_class"] == "ruscarl_lib.rollouts.ScaffoldedGRPOTrainer"
