@@ -27,6 +27,15 @@ def test_notebooks_are_committed_clean_and_parameterised(path):
     assert len(tagged) == 1
     # a cell longer than a screen is library code in the wrong place
     assert max(len(c.source.splitlines()) for c in code) <= 40
+    # papermill reads every parameter (it skips, with a warning, a line holding a second "=",
+    # even inside a comment; the run then reports the parameter as unknown)
+    import ast
+
+    import papermill
+
+    assigned = [t.id for node in ast.parse(tagged[0].source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    assert sorted(papermill.inspect_notebook(str(path))) == sorted(assigned)
 
 
 def _healthbench_jsonl(path: Path, n: int) -> None:
