@@ -595,6 +595,31 @@ def grading_stats(out_dir: str | Path) -> dict[str, Any]:
     return _sum_stats(parts)
 
 
+def verdict_samples(out_dir: str | Path, examples: Sequence[RubricExample], n_answers: int = 1,
+                    text_chars: int = 90) -> pd.DataFrame:
+    """What the judge said about the first `n_answers` answers, criterion by criterion: the
+    criterion text (shortened), its points, the verdict or failure kind, the judge's explanation,
+    and its cost, so a report shows whether verdicts look right, not only how many failed."""
+    out = Path(out_dir)
+    verdicts = pd.read_parquet(out / "verdicts.parquet")
+    by_id = {ex.id: ex for ex in examples}
+    answers = verdicts[["example_id", "sample_index"]].drop_duplicates().head(n_answers)
+    picked = verdicts.merge(answers, on=["example_id", "sample_index"])
+
+    def short(text: str) -> str:
+        return text if len(text) <= text_chars else text[: text_chars - 1] + "…"
+
+    rows = []
+    for r in picked.itertuples():
+        ex = by_id.get(r.example_id)
+        criterion = ex.rubric[int(r.criterion_index)].text if ex is not None else "?"
+        rows.append({"example_id": r.example_id, "sample": int(r.sample_index), "criterion": short(criterion),
+                     "points": r.points, "verdict": f"failed ({r.failure_kind})" if r.failed else ("met" if r.met else "not met"),
+                     "explanation": short(r.explanation or ""), "source": r.source,
+                     "tokens": int(r.prompt_tokens + r.completion_tokens), "latency_s": round(float(r.latency_s), 2)})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------------------------
 # Report (pure)
 # --------------------------------------------------------------------------------------------
@@ -760,7 +785,7 @@ def run_evaluation(
     out = resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if examples is None:
-        examples = _load_eval_examples(params)
+        examples = load_eval_examples(params)
     examples = list(examples)[: ep.limit] if ep.limit else list(examples)
     cfg = SamplingConfig.from_params(ep, params.seed)
     model_name = ep.model or params.train.model
@@ -799,7 +824,8 @@ def run_evaluation(
     return report
 
 
-def _load_eval_examples(params: Any) -> list[RubricExample]:
+def load_eval_examples(params: Any) -> list[RubricExample]:
+    """The evaluation set: `eval.data_path` when set, else the `data` section."""
     from .data_io import load_dataset_from_params
 
     data = params.data
@@ -836,7 +862,7 @@ def run_novelty(
     out = resolve_path(out_dir)
     responses = pd.read_parquet(out / "generations.parquet")
     if examples is None:
-        examples = _load_eval_examples(params)
+        examples = load_eval_examples(params)
     by_id = {ex.id: ex for ex in examples}
     if model is None:
         if not ep.adapter and not ep.reference_model:

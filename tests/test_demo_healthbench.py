@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,11 @@ def test_healthbench_suite_runs_every_notebook_on_the_real_path(real_judge_serve
         assert len(verdicts) == 1 * 2 and not verdicts["failed"].any(), verdicts
         assert isinstance(headline["heldout_score"][arm], float)
     assert prompts["start"] == prompts["ruscarl"] == prompts["baseline"]
+    # the evaluation report quotes what the judge said, criterion by criterion
+    nb = json.loads((out / "notebooks" / "04_evaluate_ruscarl.ipynb").read_text())
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    said = pd.read_parquet(out / "evals" / "ruscarl" / "verdicts.parquet")["explanation"].dropna()
+    assert "explanation" in html and any(escape(e[:40], quote=False) in html for e in said if e), html[-2000:]
     assert graded >= 3 * 2  # at least the evaluations' verdicts reached the server
     # the training notebook showed the scaffolded system message of the real chat template
     nb = json.loads((out / "notebooks" / "03_train_ruscarl.ipynb").read_text())

@@ -251,6 +251,17 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_dirs, tmp_path):
     verdicts = pd.read_parquet(tmp_path / "verdicts.parquet")
     assert len(verdicts) == 2 * 7
     assert saved["judge"]["calls"] == 6
+    # what the judge said about the first answer, with each criterion's own text
+    from ruscarl_lib.evaluation import verdict_samples
+
+    first = verdicts[["example_id", "sample_index"]].iloc[0]
+    samples = verdict_samples(tmp_path, _examples(), n_answers=1)
+    ex = next(e for e in _examples() if e.id == first["example_id"])
+    assert len(samples) == len(ex.rubric) and set(samples["example_id"]) == {first["example_id"]}
+    assert list(samples["criterion"]) == [c.text[:90] if len(c.text) <= 90 else c.text[:89] + "…" for c in ex.rubric]
+    mine = verdicts[(verdicts.example_id == first["example_id"]) & (verdicts.sample_index == first["sample_index"])]
+    assert list(samples["verdict"]) == [f"failed ({v.failure_kind})" if v.failed else ("met" if v.met else "not met")
+                                        for v in mine.itertuples()]
     # a rerun finds everything done: no generation, no grading
     again = KeywordJudge()
     report2 = run_evaluation(params, tmp_path, examples=_examples(), judge=again, progress=False)
