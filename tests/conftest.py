@@ -27,6 +27,20 @@ def missing_under_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+def vllm_lane_python() -> Path:
+    """The vLLM CPU lane's interpreter with SmolLM2 built; skips (fails under CI=true) otherwise."""
+    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
+
+    lane = REPO / ".venv-vllm" / "bin" / "python"
+    if not lane.exists():
+        missing_under_ci(f"no vLLM CPU lane at {lane} (bash scripts/setup_vllm_lane.sh)")
+    try:
+        ensure_local_model("smollm2-135m-instruct")
+    except LocalModelError as e:
+        missing_under_ci(str(e))
+    return lane
+
+
 @pytest.fixture(scope="session")
 def real_judge_server():
     """One real `vllm serve` judge for every test that needs it: vLLM's CPU build from

@@ -18,26 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import missing_under_ci
+from conftest import vllm_lane_python
+from ruscarl_lib.judges.server import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
-LANE = ROOT / ".venv-vllm" / "bin" / "python"
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(900)]
 
 
 def test_colocated_vllm_rollouts_on_cpu_keep_the_clean_prompt_contract(tmp_path):
-    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
-
-    if not LANE.exists():
-        missing_under_ci(f"no vLLM CPU lane at {LANE} (bash scripts/setup_vllm_lane.sh)")
-    try:
-        ensure_local_model("smollm2-135m-instruct")
-    except LocalModelError as e:
-        missing_under_ci(str(e))
+    lane = vllm_lane_python()
     out = tmp_path / "colocate.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run([str(LANE), str(ROOT / "tests" / "vllm_colocate_script.py"), str(tmp_path / "runs"), str(out)],
+           "MASTER_PORT": str(free_loopback_port())}
+    proc = subprocess.run([str(lane), str(ROOT / "tests" / "vllm_colocate_script.py"), str(tmp_path / "runs"), str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(out.read_text())
@@ -57,10 +50,3 @@ def test_colocated_vllm_rollouts_on_cpu_keep_the_clean_prompt_contract(tmp_path)
     rollouts = Path(got["run_dir"]) / "rollouts"
     assert rollouts.is_dir() and any(rollouts.iterdir())
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

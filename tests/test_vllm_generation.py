@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import missing_under_ci
+from conftest import vllm_lane_python
 
 ROOT = Path(__file__).resolve().parents[1]
-LANE = ROOT / ".venv-vllm" / "bin" / "python"
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(900)]
 
 
@@ -40,21 +39,14 @@ def _adapter(folder: Path) -> Path:
 
 
 def test_vllm_cpu_generation_with_and_without_lora_matches_hf(tmp_path):
-    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
-
-    if not LANE.exists():
-        missing_under_ci(f"no vLLM CPU lane at {LANE} (bash scripts/setup_vllm_lane.sh)")
-    try:
-        ensure_local_model("smollm2-135m-instruct")
-    except LocalModelError as e:
-        missing_under_ci(str(e))
+    lane = vllm_lane_python()
     from ruscarl_lib.data_io import load_sample_dataset
     from ruscarl_lib.evaluation import SamplingConfig, generate_hf, load_eval_model
 
     adapter = _adapter(tmp_path / "adapter")
     out = tmp_path / "vllm.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    proc = subprocess.run([str(LANE), str(ROOT / "tests" / "vllm_generation_script.py"), str(adapter), str(out)],
+    proc = subprocess.run([str(lane), str(ROOT / "tests" / "vllm_generation_script.py"), str(adapter), str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     got = json.loads(out.read_text())

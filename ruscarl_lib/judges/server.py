@@ -74,7 +74,8 @@ def _dtype(asked: str) -> str:
     return "auto"
 
 
-def _free_port() -> int:
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for a server or a launcher to bind)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -170,7 +171,7 @@ class JudgeServer:
         self.model_path = resolve_model(self.params.model)
         if self.port and not _port_is_free(self.port):
             raise JudgeServerError(f"port {self.port} on 127.0.0.1 is already in use (another server?)")
-        self.port = self.port or _free_port()
+        self.port = self.port or free_loopback_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         with self.log_path.open("w") as log:
