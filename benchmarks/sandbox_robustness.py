@@ -57,6 +57,10 @@ def main() -> None:
                    wall_s=round(time.perf_counter() - t0, 1))
     os.makedirs(args.out, exist_ok=True)
     tag = "_".join([*args.configs, args.split])
+    if extra:  # runs with overrides share --out (and its warm starts) without overwriting each other
+        import hashlib
+
+        tag += "_set-" + hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
     with open(os.path.join(args.out, f"summary_{tag}.json"), "w") as f:
         json.dump({"summary": summary, "cells": results}, f, indent=2)
     with open(os.path.join(args.out, f"table_{tag}.md"), "w") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -76,11 +77,13 @@ def test_comparison_reruns_when_the_world_changes(tmp_path, monkeypatch):
         return {"score": 0.1 * (world_seed + 1), "std": 0.0, "score_unclipped": 0.0, "n_responses": 4}
 
     class FakeResult:
-        adapter_dir = tmp_path / "adapter"
+        def __init__(self, folder):
+            self.adapter_dir = folder / "adapter"
+            self.adapter_dir.mkdir(parents=True)
 
     def fake_train(params):
         calls.append(("train", params.scaffold.enabled))
-        return FakeResult()
+        return FakeResult(Path(params.output.dir) / params.output.run_name)
 
     import ruscarl_lib.training as training
 
@@ -97,9 +100,34 @@ def test_comparison_reruns_when_the_world_changes(tmp_path, monkeypatch):
     moved = compare.compare_arms(other, [0], tmp_path / "cmp", progress=False)
     assert len(calls) == 2 * n
     assert moved["score"].tolist() != first["score"].tolist()
+    # the other split re-evaluates (start and both arms) on its own file, without retraining
     val = compare.compare_arms(other, [0], tmp_path / "cmp", split="validation", progress=False)
-    assert len(calls) == 3 * n and all(c[3].endswith("validation.jsonl") for c in calls[-5:] if c[0] == "eval")
+    assert len(calls) == 2 * n + 3
+    assert all(c[0] == "eval" and c[3].endswith("validation.jsonl") for c in calls[-3:])
     summary = compare.comparison_summary(val)
     assert summary["split"] == "validation" and "baseline_unclipped_mean" in summary
-    stored = json.loads((tmp_path / "cmp" / "seed0" / "ruscarl" / "result.json").read_text())
+    stored = json.loads((tmp_path / "cmp" / "seed0" / "ruscarl" / "validation_result.json").read_text())
     assert stored["split"] == "validation" and stored["digest"]
+    # both splits' results stay; a changed recipe retrains
+    assert (tmp_path / "cmp" / "seed0" / "ruscarl" / "heldout_result.json").is_file()
+    lr = load_params("params/sandbox.yaml", {"sandbox.world.seed": 4, "train.learning_rate": 1e-3})
+    compare.compare_arms(lr, [0], tmp_path / "cmp", split="validation", progress=False)
+    assert [c for c in calls[2 * n + 3:] if c[0] == "train"] == [("train", True), ("train", False)]
+
+
+def test_cell_folders_keep_variants_and_splits_apart(tmp_path):
+    """A tuning variant (overrides) gets its own cell folder; both splits share one folder and
+    are stored as separate result files, so neither replaces the other."""
+    from ruscarl_lib.sandbox.robustness import cell_folder, load_cell
+
+    cell = Cell("default", None, 0, 1, "default")
+    plain = cell_folder(tmp_path, cell, {})
+    masked = cell_folder(tmp_path, cell, {"train.mask_truncated_completions": True})
+    assert plain != masked and plain.name == cell.name and masked.name.startswith(cell.name + "_set-")
+    assert masked == cell_folder(tmp_path, cell, {"train.mask_truncated_completions": True})
+    plain.mkdir(parents=True)
+    (plain / "heldout_cell.json").write_text(json.dumps({"digest": "d1", "gap": 0.5}))
+    assert load_cell(tmp_path, cell, "d1", "heldout", {})["gap"] == 0.5
+    assert load_cell(tmp_path, cell, "d1", "validation", {}) is None
+    assert load_cell(tmp_path, cell, "d1", "heldout", {"train.mask_truncated_completions": True}) is None
+    assert load_cell(tmp_path, cell, "other", "heldout", {}) is None

@@ -8,13 +8,16 @@ unscaffolded through `evaluation.run_evaluation`, exactly as notebooks 03 and 04
 Results are evaluated on one split: `validation` while choosing hyperparameters, `heldout`
 for reporting. Each (seed, arm) result is saved as it finishes together with a digest of
 the params that produced it, and reused only while that digest is unchanged: a rerun on
-another world, recipe or split recomputes instead of returning the old numbers.
+another world, recipe or split recomputes instead of returning the old numbers. The training
+run behind a result is keyed without the split, so evaluating a finished arm on the other
+split costs an evaluation, not a second training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import time
@@ -31,7 +34,8 @@ __all__ = ["ARMS", "SPLITS", "compare_arms", "comparison_summary", "params_diges
 
 ARMS = {"ruscarl": True, "baseline": False}  # arm name -> scaffold.enabled
 SPLITS = ("validation", "heldout")
-_RESULT = "result.json"
+_RESULT = "result.json"  # per split: heldout_result.json, validation_result.json
+_TRAINED = "trained.json"
 
 
 def params_digest(params: Params, **extra: Any) -> str:
@@ -82,8 +86,6 @@ def _eval_params(files: SandboxFiles, split: str) -> Params:
 
 
 def _run_arm(files: SandboxFiles, seed: int, arm: str, root: Path, split: str, progress: bool) -> dict[str, Any]:
-    from ..training import run_training
-
     p = _eval_params(files, split)
     p.seed = seed
     p.scaffold.seed = seed
@@ -92,18 +94,36 @@ def _run_arm(files: SandboxFiles, seed: int, arm: str, root: Path, split: str, p
     p.output.dir = str(folder)
     p.output.run_name = "run"
     digest = params_digest(p, arm=arm, split=split)
-    row = _cached(folder / _RESULT, digest)
+    row = _cached(folder / f"{split}_{_RESULT}", digest)
     if row is not None:
         return row
+    trained = _train(p, arm, folder)
+    p.eval.adapter = str(folder / trained["adapter"])
+    row = {"seed": seed, "arm": arm, "split": split, **_evaluate(p, folder / f"eval_{split}", progress),
+           "train_seconds": trained["train_seconds"], "digest": digest}
+    atomic_write_text(folder / f"{split}_{_RESULT}", json.dumps(row, indent=2))
+    return row
+
+
+def _train(p: Params, arm: str, folder: Path) -> dict[str, Any]:
+    """Train one arm, or reuse its finished training: the split only changes what is
+    evaluated, so validation and held-out results of the same params share one training run."""
+    from ..training import run_training
+
+    untied = p.model_copy(deep=True)
+    untied.eval.data_path = None  # the training does not depend on the evaluation split
+    digest = params_digest(untied, arm=arm, stage="train")
+    marker = folder / _TRAINED
+    done = _cached(marker, digest)
+    if done is not None and (folder / done["adapter"]).is_dir():
+        return done
     shutil.rmtree(folder, ignore_errors=True)  # stale or half-finished: redone from scratch
     t0 = time.perf_counter()
     result = run_training(p)
-    seconds = time.perf_counter() - t0
-    p.eval.adapter = str(result.adapter_dir)
-    row = {"seed": seed, "arm": arm, "split": split, **_evaluate(p, folder / "eval", progress),
-           "train_seconds": round(seconds, 1), "digest": digest}
-    atomic_write_text(folder / _RESULT, json.dumps(row, indent=2))
-    return row
+    done = {"adapter": os.path.relpath(result.adapter_dir, folder),
+            "train_seconds": round(time.perf_counter() - t0, 1), "digest": digest}
+    atomic_write_text(marker, json.dumps(done, indent=2))
+    return done
 
 
 def compare_arms(

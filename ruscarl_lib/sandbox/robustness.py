@@ -87,7 +87,7 @@ COLLAPSE_WITHIN = 25
 COLLAPSE_RECOVERY = 50
 COLLAPSE_REWARD_FLOOR = 0.1
 RUNAWAY_TRUNCATED = 0.5
-_RESULT = "cell.json"
+_RESULT = "cell.json"  # per split: heldout_cell.json, validation_cell.json
 _FORMAT = 1  # bump when what a cell computes changes
 
 
@@ -236,7 +236,7 @@ def run_cell_here(cell: Cell, params_file: str, root: Path, split: str, extra: d
     torch.set_num_threads(cell.threads)
     params = cell_params(cell, params_file, extra)
     params.sandbox.cache_dir = str(root / "policies" / cell.policy_group)
-    folder = root / "cells" / cell.name
+    folder = cell_folder(root, cell, extra)
     t0 = time.perf_counter()
     table = compare_arms(params, [cell.seed], folder, progress=False, split=split)
     by_arm = {r["arm"]: r for r in table.to_dict("records")}
@@ -255,11 +255,11 @@ def run_cell_here(cell: Cell, params_file: str, root: Path, split: str, extra: d
 
 def _run_in_subprocess(cell: Cell, params_file: str, root: Path, split: str, extra: dict[str, Any],
                        digest: str) -> dict[str, Any]:
-    folder = root / "cells" / cell.name
+    folder = cell_folder(root, cell, extra)
     folder.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"cell": asdict(cell), "params_file": params_file, "root": str(root),
                        "split": split, "extra": extra})
-    log = folder / "log.txt"
+    log = folder / f"log_{split}.txt"
     with log.open("w") as fh:
         proc = subprocess.run([sys.executable, "-m", "ruscarl_lib.sandbox.robustness", spec],
                               env=_cell_env(cell), stdout=fh, stderr=subprocess.STDOUT)
@@ -268,12 +268,23 @@ def _run_in_subprocess(cell: Cell, params_file: str, root: Path, split: str, ext
         raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); log {log}:\n{tail}")
     result = json.loads((folder / "result.tmp.json").read_text())
     result["digest"] = digest
-    atomic_write_text(folder / _RESULT, json.dumps(result, indent=2))
+    atomic_write_text(folder / f"{split}_{_RESULT}", json.dumps(result, indent=2))
     return result
 
 
-def load_cell(root: Path, cell: Cell, digest: str) -> dict[str, Any] | None:
-    path = root / "cells" / cell.name / _RESULT
+def cell_folder(root: Path, cell: Cell, extra: dict[str, Any] | None) -> Path:
+    """A cell's folder; runs with overrides get their own (named by a digest of them), so a
+    tuning variant never replaces the plain cell. Both splits share the folder and its
+    training runs (`compare._train`)."""
+    name = cell.name
+    if extra:
+        name += "_set-" + hashlib.blake2b(json.dumps(extra, sort_keys=True, default=str).encode(),
+                                          digest_size=4).hexdigest()
+    return root / "cells" / name
+
+
+def load_cell(root: Path, cell: Cell, digest: str, split: str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    path = cell_folder(root, cell, extra) / f"{split}_{_RESULT}"
     if path.is_file():
         result = json.loads(path.read_text())
         if result.get("digest") == digest:
@@ -306,7 +317,7 @@ def run_cells(
     def run_group(members: list[Cell]) -> None:
         for cell in members:
             digest = cell_digest(cell, cell_params(cell, params_file, extra), split)
-            result = load_cell(root, cell, digest)
+            result = load_cell(root, cell, digest, split, extra)
             how = "reused"
             if result is None:
                 result = _run_in_subprocess(cell, params_file, root, split, extra, digest)
@@ -370,7 +381,7 @@ def _main(spec_json: str) -> None:
     cell = Cell(**spec["cell"])
     root = Path(spec["root"])
     result = run_cell_here(cell, spec["params_file"], root, spec["split"], spec["extra"])
-    atomic_write_text(root / "cells" / cell.name / "result.tmp.json", json.dumps(result, indent=2))
+    atomic_write_text(cell_folder(root, cell, spec["extra"]) / "result.tmp.json", json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
