@@ -188,7 +188,7 @@ def main() -> None:
     off_on_floor = "/".join(f"{statistics.median(rep[a]['step_time_s'] for rep in reps):.3f}" for a in ARMS)
     on_floor = ratios("step_time_s", "on", "floor")
     print(
-        f"train_overhead: tiny model, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
+        f"train_overhead: {Path(args.model).name if args.model else 'tiny model'}, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
         f"{first['on']['prompts_per_step']} prompts per step, {args.steps} steps "
         f"(median of steps 2..{args.steps}), {args.reps} interleaved reps, threads={torch.get_num_threads()}, "
         f"{' '.join(args.set) or 'default train params'}; generation prompt tokens off/on/floor "

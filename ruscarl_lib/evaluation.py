@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 import numpy as np
 import pandas as pd
 
-from .paths import atomic_write_text, resolve_path
+from .backends import BackendUnavailable
+from .paths import atomic_write_parquet, atomic_write_text, resolve_path
 from .rubric import RubricExample
 from .scoring import VERDICT_COLUMNS, FailurePolicy, overall_score, score_examples, tag_scores
 
@@ -77,10 +77,6 @@ T = TypeVar("T")
 
 class EvalStateError(RuntimeError):
     """The output folder holds chunks from a different evaluation (other model, data or judge)."""
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested generation backend cannot run here (package missing or no GPU)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,24 +122,13 @@ class ChunkStore:
         return {int(f.stem.split("-")[1]) for f in self.dir.glob("part-*.parquet")}
 
     def write(self, index: int, frame: pd.DataFrame) -> Path:
-        target = self.path(index)
-        tmp = self.dir / f".{target.stem}.{os.getpid()}.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-        return target
+        return atomic_write_parquet(self.path(index), frame)
 
     def read(self, indices: Iterable[int] | None = None) -> pd.DataFrame:
         wanted = sorted(self.done() if indices is None else indices)
         frames = [pd.read_parquet(self.path(i)) for i in wanted if self.path(i).exists()]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -798,7 +783,7 @@ def run_evaluation(
         vllm_options={"dtype": ep.dtype, "gpu_memory_utilization": ep.gpu_memory_utilization,
                       "max_lora_rank": ep.max_lora_rank},
     )
-    _write_parquet(responses, out / "generations.parquet")
+    atomic_write_parquet(out / "generations.parquet", responses)
     with contextlib.ExitStack() as servers:
         if judge is None:
             from .judges import build_judge  # written alongside; imported only when grading
@@ -811,11 +796,11 @@ def run_evaluation(
                 server.attach(judge)
         verdicts = grade_responses(responses, examples, judge, out, chunk_size=ep.grade_chunk,
                                    overwrite=overwrite, progress=progress)
-    _write_parquet(verdicts, out / "verdicts.parquet")
+    atomic_write_parquet(out / "verdicts.parquet", verdicts)
     policy = params.judge.failure_policy
     scores = response_scores(verdicts, policy).merge(
         responses[["example_id", "sample_index", "n_tokens"]], on=["example_id", "sample_index"], how="left")
-    _write_parquet(scores, out / "scores.parquet")
+    atomic_write_parquet(out / "scores.parquet", scores)
     report = build_report(verdicts, responses, failure_policy=policy, n_bootstrap=ep.n_bootstrap,
                           seed=params.seed, judge_stats=grading_stats(out))
     report.extra.update({"model": model_name, "adapter": ep.adapter, "backend": backend,
@@ -880,11 +865,11 @@ def run_novelty(
                                response_ids=ids, batch_size=batch_size)
     ratios.insert(0, "example_id", responses["example_id"].to_numpy())
     ratios.insert(1, "sample_index", responses["sample_index"].to_numpy())
-    _write_parquet(ratios, out / "novelty.parquet")
+    atomic_write_parquet(out / "novelty.parquet", ratios)
     summary: dict[str, Any] = {"novelty": novelty_summary(ratios["ratio"])}
     if responses.groupby("example_id").size().max() > 1:
         diversity = diversity_table(responses, embedder=load_embedder(ep.embedding_model))
-        _write_parquet(diversity, out / "diversity.parquet")
+        atomic_write_parquet(out / "diversity.parquet", diversity)
         summary["diversity"] = {
             "mean_diversity_bleu": float(diversity["diversity_bleu"].mean()),
             "mean_cosine_distance": float(diversity["cosine_distance"].mean())

@@ -46,6 +46,7 @@ from .judges.verdict import GradingItem
 from .params import JudgeParams
 from .rubric import Criterion
 from .scoring import FAILURE_POLICIES, example_score
+from .tags import normalize_tags
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,6 @@ class VerdictLog:
 # --------------------------------------------------------------------------------------------
 
 
-def _tags(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, dict):
-        return tuple(f"{k}:{v}" for k, v in value.items() if v is not None and str(v).strip())
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return tuple(str(t) for t in value)
-
-
 def criteria_from_column(value: Any) -> list[Criterion]:
     """The criteria of one row's rubric column (see module docstring for the formats)."""
     if isinstance(value, str):
@@ -124,7 +113,7 @@ def criteria_from_column(value: Any) -> list[Criterion]:
             text = c.get("criterion", c.get("text"))
             if not isinstance(text, str) or "points" not in c:
                 raise ValueError(f"rubric entry needs 'criterion' text and 'points': {c!r}")
-            out.append(Criterion(text=text, points=float(c["points"]), tags=_tags(c.get("tags"))))
+            out.append(Criterion(text=text, points=float(c["points"]), tags=normalize_tags(c.get("tags"))))
         else:
             raise ValueError(f"cannot read a rubric entry of type {type(c).__name__}")
     return out

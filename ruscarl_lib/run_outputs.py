@@ -20,12 +20,13 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import os
 import platform
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from .paths import atomic_write_parquet, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_DIR = "rollouts"
@@ -40,10 +41,6 @@ _VERSIONED = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
     "unsloth", "vllm", "bitsandbytes", "deepspeed", "numpy", "pandas", "pyarrow", "ruscarl-lib",
 )
-
-
-def _replace_atomically(tmp: Path, target: Path) -> None:
-    os.replace(tmp, target)
 
 
 def _json_safe(value: Any) -> Any:
@@ -82,11 +79,7 @@ class RolloutTableWriter:
 
     def __call__(self, rl_step: int, records: list[dict[str, Any]]) -> Path:
         frame = pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in records])
-        target = self.path(rl_step)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        frame.to_parquet(tmp, index=False)
-        _replace_atomically(tmp, target)
-        return target
+        return atomic_write_parquet(self.path(rl_step), frame)
 
 
 def read_rollouts(run_dir: str | Path, steps: Iterable[int] | None = None) -> pd.DataFrame:
@@ -146,9 +139,7 @@ def truncate_metrics(path: str | Path, max_step: int) -> int:
             dropped += 1
         else:
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    _replace_atomically(tmp, path)
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
     return dropped
 
 
@@ -213,10 +204,7 @@ def library_versions() -> dict[str, str | None]:
 
 def write_versions(run_dir: str | Path) -> Path:
     path = Path(run_dir) / VERSIONS_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(library_versions(), indent=2) + "\n")
-    _replace_atomically(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(library_versions(), indent=2) + "\n")
 
 
 def write_trainer_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -231,7 +219,4 @@ def write_contract_report(run_dir: str | Path, report: dict[str, Any]) -> Path:
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    _replace_atomically(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .rubric import RubricExample
+from .tags import normalize_tags
 
 FailurePolicy = Literal["exclude", "worst_case", "not_met"]
 FAILURE_POLICIES: tuple[str, ...] = ("exclude", "worst_case", "not_met")
@@ -169,14 +170,6 @@ def aggregate_score(
 # --------------------------------------------------------------------------------------------
 
 
-def _as_tags(tags: Any) -> tuple[str, ...]:
-    if tags is None:
-        return ()
-    if isinstance(tags, str):
-        return (tags,)
-    return tuple(str(t) for t in tags)
-
-
 def verdict_table(
     examples: Iterable[RubricExample],
     met_by_example: Mapping[str, Sequence[bool | None]],
@@ -205,7 +198,7 @@ def verdict_table(
             raise ValueError(
                 f"example {ex.id!r}: {len(ex.rubric)} criteria but {len(met)} verdicts"
             )
-        ex_tags = _as_tags(ex.tags)
+        ex_tags = normalize_tags(ex.tags)
         for i, (c, m) in enumerate(zip(ex.rubric, met)):
             rows.append(
                 {
@@ -213,7 +206,7 @@ def verdict_table(
                     "criterion_index": i,
                     "points": float(c.points),
                     "met": None if _is_failed(m) else bool(m),
-                    "criterion_tags": _as_tags(c.tags),
+                    "criterion_tags": normalize_tags(c.tags),
                     "example_tags": ex_tags,
                 }
             )
@@ -245,8 +238,8 @@ def _examples_of(table: pd.DataFrame):
             ex_id,
             [points[r] for r in rows],
             [met[r] for r in rows],
-            [_as_tags(ctags[r]) for r in rows],
-            _as_tags(etags[rows[0]]),
+            [normalize_tags(ctags[r]) for r in rows],
+            normalize_tags(etags[rows[0]]),
         )
 
 

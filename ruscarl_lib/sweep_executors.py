@@ -24,16 +24,16 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .loopback import free_loopback_port
 
 OUTCOME_PREFIX = "RUSCARL_SWEEP_OUTCOME "
 PORT_TOKEN = "{port}"
@@ -130,12 +130,6 @@ def launch_command(worker_args: Sequence[str], *, processes: int = 1, accelerate
     return [PYTHON_TOKEN, *module]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load_prctl():
     try:
         import ctypes
@@ -161,7 +155,7 @@ def execute_task(task: RunTask, extra_env: dict[str, str] | None = None, base_en
                  ) -> dict[str, Any]:
     """Run one worker process to the end; its outcome, or a failure naming the log."""
     env = {**(os.environ if base_env is None else base_env), **(extra_env or {}), **task.env}
-    fill = {PORT_TOKEN: str(_free_port()), PYTHON_TOKEN: sys.executable}
+    fill = {PORT_TOKEN: str(free_loopback_port()), PYTHON_TOKEN: sys.executable}
     command = [fill.get(part, part) for part in task.command]
     log_path = Path(task.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

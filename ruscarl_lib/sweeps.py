@@ -65,7 +65,7 @@ from .params import (
     save_params,
     set_dotted,
 )
-from .paths import atomic_write_text, project_root, resolve_path
+from .paths import atomic_write_parquet, atomic_write_text, project_root, resolve_path
 from .sweep_executors import (
     LOGS_DIR,
     OUTCOME_PREFIX,
@@ -529,10 +529,7 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_tables(root: Path, metrics: pd.DataFrame, outcomes: pd.DataFrame) -> tuple[Path, Path]:
-    parquet = root / "metrics.parquet"
-    tmp = root / f".metrics.parquet.{os.getpid()}.tmp"
-    _parquet_safe(metrics).to_parquet(tmp, index=False)
-    os.replace(tmp, parquet)
+    parquet = atomic_write_parquet(root / "metrics.parquet", _parquet_safe(metrics))
     csv = atomic_write_text(root / "metrics.csv", metrics.to_csv(index=False))
     atomic_write_text(root / "runs.csv", outcomes.to_csv(index=False))
     return parquet, csv

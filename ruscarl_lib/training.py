@@ -34,6 +34,7 @@ import yaml
 from .params import Params, TrainParams, load_params, params_from_dict, save_params, set_dotted
 from .fingerprint import RunSettingsChanged, write_fingerprint  # noqa: F401 (re-exported)
 from .local_models import resolve_model
+from .backends import BackendUnavailable
 from .paths import resolve_path
 from .run_outputs import (
     ADAPTER_DIR,
@@ -53,10 +54,6 @@ from .run_outputs import (
 log = logging.getLogger(__name__)
 
 BACKENDS = ("unsloth", "transformers")
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested model backend cannot run here (missing package or no GPU)."""
 
 
 # --------------------------------------------------------------------------------------------

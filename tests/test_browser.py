@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+
+from ruscarl_lib.loopback import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "outputs" / "browser"
@@ -74,18 +75,12 @@ def browser(tmp_path_factory):
             context.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, browser):
     """JupyterLab serving a scratch folder with copies of the notebooks; stopped by pid."""
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_loopback_port(), secrets.token_hex(16)
     env = {**os.environ, "RUSCARL_ROOT": str(ROOT), "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     env.pop("RUSCARL_HEADLESS", None)  # widgets must be live here

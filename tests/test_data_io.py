@@ -25,13 +25,13 @@ from ruscarl_lib.data_io import (
     load_examples,
     load_examples_with_report,
     load_sample_dataset,
-    normalize_tags,
     resolve_data_path,
     write_jsonl,
     write_verl_parquet,
 )
 from ruscarl_lib.params import DataParams
 from ruscarl_lib.rubric import Criterion, RubricExample
+from ruscarl_lib.tags import normalize_tags
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..local_models import resolve_model
+from ..loopback import free_loopback_port
 from ..params import JudgeParams, JudgeServerParams
 from ..paths import project_root
 
@@ -72,13 +73,6 @@ def _dtype(asked: str) -> str:
     if shutil.which("nvidia-smi") is None and not _cpu_has_bf16():
         return "float32"
     return "auto"
-
-
-def free_loopback_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (for a server or a launcher to bind)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_is_free(port: int) -> bool:
