@@ -62,3 +62,17 @@ def real_judge_server():
         yield server
     finally:
         server.stop()
+
+
+def write_tiny_notebook(path: Path, parameters: str, body: str) -> Path:
+    """A two-cell notebook (a cell tagged `parameters`, then `body`) for tests that run
+    notebooks through papermill."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    nbformat.write(nb, str(path))
+    return path

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import write_tiny_notebook
 from ruscarl_lib.params import ParamsError
 from ruscarl_lib.sweep_executors import ExecutorError, LocalExecutor, ProcessSpec, make_executor
 from ruscarl_lib.sweep_stats import mean_interval, orderings_beyond_noise, seed_summary, t_cdf, t_quantile
@@ -53,13 +54,7 @@ write_json(out / ('summary.json' if rank == '0' else f'rank{rank}.json'), {
 
 
 def _notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    nbformat.write(nb, str(path))
-    return path
+    return write_tiny_notebook(path, PARAMETERS, BODY)
 
 
 def _sweep(tmp_path: Path, **extra) -> Path:

@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 import yaml
 
+from conftest import write_tiny_notebook
 from ruscarl_lib.params import ParamsError
 from ruscarl_lib.sweeps import DONE_MARKER, collect_metrics, expand_runs, load_sweep, main, run_sweep
 
@@ -46,13 +46,7 @@ write_json(out / 'summary.json', {
 
 
 def _notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(BODY)]
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    nbformat.write(nb, str(path))
-    return path
+    return write_tiny_notebook(path, PARAMETERS, BODY)
 
 
 @pytest.fixture()
