@@ -131,3 +131,18 @@ def test_cell_folders_keep_variants_and_splits_apart(tmp_path):
     assert load_cell(tmp_path, cell, "d1", "validation", {}) is None
     assert load_cell(tmp_path, cell, "d1", "heldout", {"train.mask_truncated_completions": True}) is None
     assert load_cell(tmp_path, cell, "other", "heldout", {}) is None
+
+
+def test_overrides_that_change_nothing_do_not_fork_the_cell_folder():
+    from ruscarl_lib.sandbox.robustness import effective_overrides
+
+    cells = [Cell("default", None, 0, 1, "default"), Cell("small", 3, 1, 2, "avx2")]
+    current = load_params("params/sandbox.yaml").train.max_completion_length
+    same = {"train.max_completion_length": current}
+    assert effective_overrides(cells, "params/sandbox.yaml", same) == {}
+    changed = {"train.max_completion_length": current + 1, "train.top_k": load_params("params/sandbox.yaml").train.top_k}
+    assert effective_overrides(cells, "params/sandbox.yaml", changed) == {"train.max_completion_length": current + 1}
+    # the small configuration sets max_steps 150 itself: a no-op there, a change for default
+    steps = {"train.max_steps": 150}
+    assert effective_overrides(cells, "params/sandbox.yaml", steps) == steps
+    assert effective_overrides(cells[1:], "params/sandbox.yaml", steps) == {}

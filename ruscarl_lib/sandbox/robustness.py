@@ -283,6 +283,19 @@ def cell_folder(root: Path, cell: Cell, extra: dict[str, Any] | None) -> Path:
     return root / "cells" / name
 
 
+def effective_overrides(cells: Sequence[Cell], params_file: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` without the overrides that change nothing (the file or the configuration already
+    has that value), so `--set k=v` run before v became the default and a plain run afterwards
+    name the same cell folder."""
+    kept = dict(extra)
+    for key in list(kept):
+        rest = {k: v for k, v in kept.items() if k != key}
+        if all(cell_params(c, params_file, kept).model_dump() == cell_params(c, params_file, rest).model_dump()
+               for c in cells):
+            kept = rest
+    return kept
+
+
 def load_cell(root: Path, cell: Cell, digest: str, split: str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
     path = cell_folder(root, cell, extra) / f"{split}_{_RESULT}"
     if path.is_file():
@@ -306,8 +319,8 @@ def run_cells(
     run `jobs` at a time. A finished cell is reused only while its digest is unchanged."""
     root = resolve_path(out_dir)
     params_file = str(resolve_path(params_file))
-    extra = dict(extra or {})
     cells = list(cells)
+    extra = effective_overrides(cells, params_file, extra or {})
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.policy_group, []).append(cell)
