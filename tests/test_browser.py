@@ -142,10 +142,15 @@ def _open(browser, lab, path: str):
     # a workspace of its own: JupyterLab would otherwise reopen the earlier tests' notebooks
     workspace = re.sub(r"\W", "-", Path(path).stem)
     page.goto(f"{lab['url']}/lab/workspaces/{workspace}/tree/{path}?token={lab['token']}")
+    _wait_ready(page)
+    return page
+
+
+def _wait_ready(page) -> None:
+    """The notebook is shown and its kernel idle."""
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
     page.wait_for_selector(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']",
                            state="attached", timeout=RUN_TIMEOUT_MS)
-    return page
 
 
 def _run_all(page) -> None:
@@ -216,21 +221,32 @@ def _wait_done(page, lab=None, timeout_ms: int = RUN_TIMEOUT_MS, reruns: int = 2
     assert errors.count() == 0, errors.first.inner_text()[:2000]
 
 
-def _run_widgets_notebook(page, lab) -> None:
-    """Run All until done, with its widgets rendered.
+def _run_widgets_notebook(page, lab, widget: str, reruns: int = 2) -> None:
+    """Run All until done and the live widget (CSS selector `widget`, inside it) is on the page.
 
-    Seen on fresh clones only, for the first notebook opened in a new JupyterLab page: every
-    cell ran but the widget showed "Error displaying widget: model not found" (the kernel
-    created the widget before the page's widget manager listened for it). A person reruns the
-    cell; so does this, once, and the widget wiring is then tested as usual.
+    Seen on fresh clones of a loaded machine, for the first notebook opened in a new
+    JupyterLab page: every cell ran but the widget showed "Error displaying widget: model not
+    found" (the kernel created the widget before the page's widget manager listened for it;
+    the Output widget's figures then land in the cell as plain outputs, and the message can
+    appear after the kernel is idle). A person reruns the cell, and when that does not help
+    (seen on a loaded machine: the page's widget manager stays without the kernel's models)
+    reloads the page; so does this, at most `reruns` times, until an element only the live
+    widget renders is there, and the widget wiring is then tested as usual.
     """
-    _run_all(page)
-    _wait_done(page, lab)
-    missing = page.locator(".jp-OutputArea-output", has_text="Error displaying widget: model not found")
-    if missing.count():
+    for attempt in range(reruns + 1):
+        if attempt == reruns and attempt:
+            page.reload()
+            _wait_ready(page)
         _run_all(page)
         _wait_done(page, lab)
-        assert missing.count() == 0, "widgets still not displayed after a second Run All"
+        try:
+            page.wait_for_selector(widget, timeout=60_000)
+            return
+        except Exception:
+            if attempt == reruns:
+                missing = page.locator(".jp-OutputArea-output", has_text="Error displaying widget").count()
+                raise AssertionError(f"no {widget!r} after {reruns + 1} Run Alls, the last after a reload "
+                                     f"({missing} outputs say 'Error displaying widget')") from None
 
 
 def _slider(page, label: str):
@@ -265,8 +281,8 @@ def test_schedule_tuner_redraws_and_writes_what_the_controls_show(browser, lab, 
     out = tmp_path / "02"
     page = _open(browser, lab, _copy_notebook(lab, "02_scaffold_tuning", {"output_dir": str(out)}))
     try:
-        _run_widgets_notebook(page, lab)
-        caption = page.locator(".ruscarl-schedule-caption")
+        _run_widgets_notebook(page, lab, ".ruscarl-schedule-view .ruscarl-schedule-caption")
+        caption = page.locator(".ruscarl-schedule-view .ruscarl-schedule-caption")
         caption.wait_for()
         assert "G=8" in caption.inner_text()
         before = page.locator(".ruscarl-schedule-view img").get_attribute("src")
@@ -302,7 +318,7 @@ def test_schedule_tuner_redraws_and_writes_what_the_controls_show(browser, lab, 
 def test_example_browser_shows_another_example_when_its_control_moves(browser, lab, tmp_path):
     page = _open(browser, lab, _copy_notebook(lab, "01_rubric_exploration", {"output_dir": str(tmp_path / "01")}))
     try:
-        _run_widgets_notebook(page, lab)
+        _run_widgets_notebook(page, lab, ".ruscarl-example-browser h3")
         heading = page.locator(".ruscarl-example-browser h3").first
         heading.wait_for()
         first = heading.inner_text()
