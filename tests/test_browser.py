@@ -224,17 +224,15 @@ def _wait_done(page, lab=None, timeout_ms: int = RUN_TIMEOUT_MS, reruns: int = 2
 def _run_widgets_notebook(page, lab, widget: str, reruns: int = 2) -> None:
     """Run All until done and the live widget (CSS selector `widget`, inside it) is on the page.
 
-    Seen on fresh clones of a loaded machine, for the first notebook opened in a new
-    JupyterLab page: every cell ran but the widget showed "Error displaying widget: model not
-    found" (the kernel created the widget before the page's widget manager listened for it;
-    the Output widget's figures then land in the cell as plain outputs, and the message can
-    appear after the kernel is idle). A person reruns the cell, and when that does not help
-    (seen on a loaded machine: the page's widget manager stays without the kernel's models)
-    reloads the page; so does this, at most `reruns` times, until an element only the live
-    widget renders is there, and the widget wiring is then tested as usual.
+    Seen on loaded machines, for the first notebook opened in a new JupyterLab page: every
+    cell ran but the widget showed "Error displaying widget: model not found" (the kernel
+    created the widget before the page's widget manager listened for it), sometimes only after
+    the kernel was idle, and the Output widget's figures landed in the cell as plain outputs.
+    A person reruns the cell and, when that does not help, reloads the page; so does this
+    (`reruns` times, the last after a reload), and the widget wiring is then tested as usual.
     """
     for attempt in range(reruns + 1):
-        if attempt == reruns and attempt:
+        if attempt and attempt == reruns:
             page.reload()
             _wait_ready(page)
         _run_all(page)
