@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from ruscarl_lib.judges import GradingItem, OpenAIJudge  # noqa: E402
 from ruscarl_lib.params import JudgeParams  # noqa: E402
-from ruscarl_lib.rubric import Criterion  # noqa: E402
+from ruscarl_lib.data.rubric import Criterion  # noqa: E402
 
 
 def proc_cpu_s(pid: int | None) -> float | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ruscarl_lib.data_io import load_sample_dataset  # noqa: E402
+from ruscarl_lib.data.read import load_sample_dataset  # noqa: E402
 from ruscarl_lib.judges import GradingItem, OpenAIJudge  # noqa: E402
 from ruscarl_lib.judges.prompts import build_messages  # noqa: E402
 from ruscarl_lib.params import JudgeParams, load_params  # noqa: E402

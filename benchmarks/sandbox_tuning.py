@@ -33,7 +33,7 @@ def main() -> None:
     import pandas as pd
     import yaml
 
-    from ruscarl_lib.paths import atomic_write_text, resolve_path
+    from ruscarl_lib.common.paths import atomic_write_text, resolve_path
     from ruscarl_lib.sandbox.compare import compare_arms
     from ruscarl_lib.sandbox.robustness import Cell, cell_params
 

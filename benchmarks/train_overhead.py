@@ -55,7 +55,7 @@ def bench_trainer_cls(targets: dict[int, int] | None):
     `targets` (RL step -> prompt tokens) lengthens every training generation prompt to that
     many tokens (the floor arm); None leaves prompts alone.
     """
-    from ruscarl_lib.rollouts import ScaffoldedGRPOTrainer
+    from ruscarl_lib.train.trainer_class import ScaffoldedGRPOTrainer
 
     class BenchTrainer(ScaffoldedGRPOTrainer):
         def __init__(self, *a, **kw):
@@ -99,9 +99,9 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
             targets: dict[int, int] | None = None, train: dict | None = None) -> dict:
     import torch
 
-    from ruscarl_lib.run_outputs import read_metrics, read_rollouts
-    from ruscarl_lib.toy_task import keyword_reward, make_examples, toy_params
-    from ruscarl_lib.training import run_training
+    from ruscarl_lib.train.run_folder import read_metrics, read_rollouts
+    from ruscarl_lib.train.smoke_task import keyword_reward, make_examples, toy_params
+    from ruscarl_lib.train.run import run_training
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -160,8 +160,8 @@ def main() -> None:
 
     import torch
 
-    from ruscarl_lib.tiny_model import save_tiny_model
-    from ruscarl_lib.training import parse_overrides
+    from ruscarl_lib.models.tiny import save_tiny_model
+    from ruscarl_lib.train.run import parse_overrides
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,8 +2,8 @@
 
     ruscarl demo                      the main job: the notebook suite headless on CPU data
     ruscarl run NOTEBOOK -p k=v       execute one notebook through papermill
-    ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.training)
-    ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps);
+    ruscarl train --params f.yaml     GRPO training (same as python -m ruscarl_lib.train.run)
+    ruscarl sweep params/sweep_x.yaml papermill sweep (same as python -m ruscarl_lib.sweeps.run);
                                       --gpus-per-run N, --executor ray [--address ...]
     ruscarl judge-server [--params f.yaml] [--model NAME] [--port P]
                                       a local vLLM judge in the foreground (judge.server section)
@@ -32,11 +32,11 @@ def _parse_kv(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        from ruscarl_lib.training import main as train_main
+        from ruscarl_lib.train.run import main as train_main
 
         return train_main(argv[1:])
     if argv and argv[0] == "sweep":
-        from ruscarl_lib.sweeps import main as sweep_main
+        from ruscarl_lib.sweeps.run import main as sweep_main
 
         return sweep_main(argv[1:])
     if argv and argv[0] == "judge-server":
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Executed notebooks: {Path(headline['notebooks'][0]).parent}")
         return 0
     if args.command == "run":
-        from ruscarl_lib.reports import export_html, run_notebook
+        from ruscarl_lib.notebook.reports import export_html, run_notebook
 
         out = run_notebook(args.notebook, args.out, _parse_kv(args.param))
         print(f"executed notebook: {out}")

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruscarl_lib.fingerprint import digest, file_digest
-from ruscarl_lib.paths import resolve_path
-from ruscarl_lib.reports import echo, export_each, export_html, read_json, run_notebook, write_json
+from ruscarl_lib.common.fingerprint import digest, file_digest
+from ruscarl_lib.common.paths import resolve_path
+from ruscarl_lib.notebook.reports import echo, export_each, export_html, read_json, run_notebook, write_json
 
 
 @dataclass
@@ -95,8 +95,8 @@ def pipeline_stages(out: Path, params_file: str, after: tuple[str, ...], needs_j
                             {"params_file": params_file, "output_dir": str(runs), "run_name": arm,
                              "scaffold_enabled": enabled}, after=after, fresh={"fresh": True},
                             needs_judge=needs_judge))
-    for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl" / "adapter")),
-                          ("baseline", str(runs / "baseline" / "adapter"))):
+    # a run folder as `adapter`: 04 evaluates its final weights (adapter/ for LoRA, model/ for full)
+    for name, adapter in (("start", ""), ("ruscarl", str(runs / "ruscarl")), ("baseline", str(runs / "baseline"))):
         stages.append(Stage(f"04_evaluate_{name}", "04_evaluate",
                             {"params_file": params_file, "output_dir": str(evals / name), "adapter": adapter},
                             after=after + ((f"03_train_{name}",) if adapter else ()), fresh={"overwrite": True},
@@ -202,7 +202,7 @@ def stage_inputs_digest(stage: Stage, upstream: dict[str, str]) -> str:
     parameters, its params file's content (read now, after upstream stages wrote it), the
     library version and the digests of its upstream stages' results."""
     from ruscarl_lib import __version__
-    from ruscarl_lib.reports import notebook_path
+    from ruscarl_lib.notebook.reports import notebook_path
 
     params_file = stage.parameters.get("params_file")
     params_path = resolve_path(params_file) if params_file else None
@@ -271,7 +271,7 @@ def _number(v: Any) -> str:
 def report_summary(headline: dict[str, Any], *, suite: str, params_file: str, out: Path, wall_s: float,
                    ran: list[str], kept: list[str]) -> str:
     """The report's opening: what was run, the headline table and numbers, the key figures."""
-    from ruscarl_lib.reports import relative_to_root, summary_html
+    from ruscarl_lib.notebook.reports import relative_to_root, summary_html
 
     table = headline_table(headline)
     numbers = {k.replace("_", " "): v for k, v in headline.items()

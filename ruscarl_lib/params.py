@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ruscarl_lib.paths import atomic_write_text
+from ruscarl_lib.common.paths import atomic_write_text
 
 
 class ParamsError(ValueError):
@@ -302,7 +302,8 @@ class EvalParams(_Section):
     """
 
     model: str | None = Field(None, description="Model id or local path; None: train.model.")
-    adapter: str | None = Field(None, description="LoRA adapter folder; None: the base model only.")
+    adapter: str | None = Field(None, description="Trained weights: a LoRA adapter folder, a fully fine-tuned model "
+                                 "folder, or a training run folder (its final weights); None: the base model only.")
     reference_model: str | None = Field(
         None, description="Initial model for novelty; None: the adapter disabled (needs `adapter`)."
     )

@@ -29,11 +29,11 @@ from pathlib import Path
 def _arm(backend: str, scaffold: bool, model_dir: Path, out: Path, steps: int, cuda: bool) -> dict:
     import torch
 
-    from ruscarl_lib.contract import ContractProbeMixin, check_contract, check_eval_unscaffolded
-    from ruscarl_lib.rollouts import to_train_dataset
-    from ruscarl_lib.run_outputs import read_metrics
-    from ruscarl_lib.toy_task import keyword_reward, make_examples, toy_params
-    from ruscarl_lib.training import run_training
+    from ruscarl_lib.train.contract import ContractProbeMixin, check_contract, check_eval_unscaffolded
+    from ruscarl_lib.train.dataset import to_train_dataset
+    from ruscarl_lib.train.run_folder import read_metrics
+    from ruscarl_lib.train.smoke_task import keyword_reward, make_examples, toy_params
+    from ruscarl_lib.train.run import run_training
 
     name = f"{backend}_{'on' if scaffold else 'off'}"
     params = toy_params(
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     from ruscarl_lib.params import TrainParams
-    from ruscarl_lib.training import prepare_backend
+    from ruscarl_lib.train.backend import prepare_backend
 
     t0 = time.perf_counter()
     prepare_backend(TrainParams(backend=args.backend))  # Unsloth before trl/transformers/peft
     backend_import_s = time.perf_counter() - t0
     import torch
 
-    from ruscarl_lib.tiny_model import save_tiny_model
+    from ruscarl_lib.models.tiny import save_tiny_model
 
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:

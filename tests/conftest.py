@@ -29,7 +29,7 @@ def missing_under_ci(reason: str) -> None:
 
 def vllm_lane_python() -> Path:
     """The vLLM CPU lane's interpreter with SmolLM2 built; skips (fails under CI=true) otherwise."""
-    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
+    from ruscarl_lib.models.local import LocalModelError, ensure_local_model
 
     lane = REPO / ".venv-vllm" / "bin" / "python"
     if not lane.exists():
@@ -48,7 +48,7 @@ def real_judge_server():
     that scripts/setup.sh fetched. Started once on a free loopback port, stopped by pid; its
     log stays in outputs/tests/judge_server.log."""
     from ruscarl_lib.judges.server import JudgeServer, JudgeServerError, find_vllm
-    from ruscarl_lib.local_models import LocalModelError, ensure_local_model
+    from ruscarl_lib.models.local import LocalModelError, ensure_local_model
     from ruscarl_lib.params import JudgeServerParams
 
     try:

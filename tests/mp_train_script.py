@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from ruscarl_lib.training import run_training
-from ruscarl_lib.toy_task import keyword_reward, make_examples
-from ruscarl_lib.toy_task import toy_params as tiny_params
+from ruscarl_lib.train.run import run_training
+from ruscarl_lib.train.smoke_task import keyword_reward, make_examples
+from ruscarl_lib.train.smoke_task import toy_params as tiny_params
 
 
 def main() -> None:

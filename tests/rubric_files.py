@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ruscarl_lib.rubric import Criterion, RubricExample
+from ruscarl_lib.data.rubric import Criterion, RubricExample
 
 AXES = ["accuracy", "completeness", "communication_quality", "context_awareness",
         "instruction_following"]

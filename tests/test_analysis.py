@@ -22,11 +22,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from ruscarl_lib import analysis as A
-from ruscarl_lib.data_io import write_jsonl
+from ruscarl_lib.analysis.criteria import axis_met_rates, criterion_table, shown_vs_hidden
+
+from ruscarl_lib.analysis.curves import group_table, length_reward, step_stats, training_curves, zero_variance_by_ratio
+
+from ruscarl_lib.analysis.notes import missing
+
+from ruscarl_lib.analysis.runs import load_run, load_runs, run_overview
+
+from ruscarl_lib.analysis.summary import run_summary
+from ruscarl_lib.data.write import write_jsonl
 from ruscarl_lib.judges.rules import check_rule
-from ruscarl_lib.rubric import Criterion, RubricExample
-from ruscarl_lib.toy_task import toy_params
+from ruscarl_lib.data.rubric import Criterion, RubricExample
+from ruscarl_lib.train.smoke_task import toy_params
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -60,7 +68,7 @@ def _tiny_model(folder: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.tiny_model import save_tiny_model
+    from ruscarl_lib.models.tiny import save_tiny_model
 
     save_tiny_model(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -76,7 +84,7 @@ def _tiny_model(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Two real runs (scaffolded, plain) and a metrics-only copy of the plain one."""
-    from ruscarl_lib.training import run_training
+    from ruscarl_lib.train.run import run_training
 
     root = tmp_path_factory.mktemp("analysis")
     model_dir = _tiny_model(root / "model")
@@ -93,7 +101,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(world):
-    return {r.name: r for r in A.load_runs(world["runs"] / "*")}
+    return {r.name: r for r in load_runs(world["runs"] / "*")}
 
 
 def _rollouts(run_dir: Path) -> pd.DataFrame:
@@ -115,13 +123,13 @@ def test_runs_load_with_their_rubrics(runs):
     assert sorted(runs) == ["bare", "plain", "ruscarl"]
     assert runs["ruscarl"].rubrics is not None and runs["ruscarl"].verdict_column == "judge_verdicts"
     assert runs["bare"].rollouts.empty and any("no rollout table" in n for n in runs["bare"].notes)
-    overview = A.run_overview(list(runs.values())).set_index("run")
+    overview = run_overview(list(runs.values())).set_index("run")
     assert overview.loc["ruscarl", "rollouts"] == STEPS * 2 * G and overview.loc["ruscarl", "rl_steps"] == STEPS
     assert overview.loc["plain", "scaffold"] is False or overview.loc["plain", "scaffold"] == False  # noqa: E712
 
 
 def test_step_stats_agree_with_files_trainer_and_schedule(world, runs):
-    stats = A.step_stats(list(runs.values())).set_index(["run", "rl_step"])
+    stats = step_stats(list(runs.values())).set_index(["run", "rl_step"])
     for name in ("ruscarl", "plain"):
         df = _rollouts(world["runs"] / name)
         logged = {m["rl_step"]: m for m in _metrics(world["runs"] / name)}
@@ -142,8 +150,8 @@ def test_step_stats_agree_with_files_trainer_and_schedule(world, runs):
     bare = stats.loc["bare"]
     plain = stats.loc["plain"]
     assert bare["reward_mean"].to_numpy() == pytest.approx(plain["reward_mean"].to_numpy(), abs=1e-5)
-    assert any("bare: curves from logged metrics only" in n for n in A.missing(A.step_stats(list(runs.values()))))
-    curves = A.training_curves(list(runs.values()), ["reward_mean", "kl"], smooth=2)
+    assert any("bare: curves from logged metrics only" in n for n in missing(step_stats(list(runs.values()))))
+    curves = training_curves(list(runs.values()), ["reward_mean", "kl"], smooth=2)
     got = curves[(curves.run == "plain") & (curves.metric == "reward_mean")]["value"].to_numpy()
     want = plain["reward_mean"].rolling(2, center=True, min_periods=1).mean().to_numpy()
     assert got == pytest.approx(want)
@@ -151,11 +159,11 @@ def test_step_stats_agree_with_files_trainer_and_schedule(world, runs):
 
 def test_zero_variance_groups_against_ratio(world, runs):
     both = [runs["ruscarl"], runs["plain"]]
-    groups = A.group_table(both)
-    by_ratio = A.zero_variance_by_ratio(both, bins=2)
+    groups = group_table(both)
+    by_ratio = zero_variance_by_ratio(both, bins=2)
     expected: dict[tuple[str, str], list[bool]] = {}
     for name in ("ruscarl", "plain"):
-        df = _rollouts(world["runs"] / name).sort_values(["rl_step", "group", "sample_index"])
+        df = _rollouts(world["runs"] / name).sort_values(["rl_step", "group", "group_position"])
         n_groups = 0
         for start in range(0, len(df), G):  # a group is G consecutive rollouts of one prompt
             chunk = df.iloc[start:start + G]
@@ -187,23 +195,23 @@ def _regraded(world) -> pd.DataFrame:
 
 def test_per_criterion_tables_match_regraded_verdicts(world, runs):
     truth = _regraded(world)
-    table = A.criterion_table([runs["ruscarl"]])
+    table = criterion_table([runs["ruscarl"]])
     assert table["met"].tolist() == truth["met"].tolist()
     assert table["status"].astype(str).tolist() == truth["status"].tolist()
 
-    rates = A.axis_met_rates([runs["ruscarl"]], max_bins=100)
+    rates = axis_met_rates([runs["ruscarl"]], max_bins=100)
     pos = truth[truth.polarity == "positive"]
     want = pos.groupby(["rl_step", "axis"])["met"].agg(["mean", "size"])
     got = rates.set_index(["step", "axis"])
     assert len(got) == len(want)
     for key, row in want.iterrows():
         assert got.loc[key, "met_rate"] == pytest.approx(row["mean"]) and got.loc[key, "n"] == row["size"]
-    unaided = A.axis_met_rates([runs["ruscarl"]], rollouts="unscaffolded", max_bins=100)
+    unaided = axis_met_rates([runs["ruscarl"]], rollouts="unscaffolded", max_bins=100)
     assert unaided["n"].sum() == len(pos[pos.status == "unscaffolded"])
-    two_bins = A.axis_met_rates([runs["ruscarl"]], max_bins=2)
+    two_bins = axis_met_rates([runs["ruscarl"]], max_bins=2)
     assert sorted(two_bins["step"].unique()) == [1, 3]
 
-    shown = A.shown_vs_hidden([runs["ruscarl"]]).set_index(["polarity", "status"])
+    shown = shown_vs_hidden([runs["ruscarl"]]).set_index(["polarity", "status"])
     for (pol, status), g in truth.groupby(["polarity", "status"]):
         row = shown.loc[(pol, status)]
         k, n = g["met"].sum(), len(g)
@@ -214,12 +222,12 @@ def test_per_criterion_tables_match_regraded_verdicts(world, runs):
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((max(0, centre - half), min(1, centre + half)))
     # the plain run has no scaffold: every criterion is "unscaffolded"
-    plain = A.shown_vs_hidden([runs["plain"]])
+    plain = shown_vs_hidden([runs["plain"]])
     assert set(plain["status"].astype(str)) == {"unscaffolded"}
 
 
 def test_length_against_reward(world, runs):
-    table = A.length_reward([runs["ruscarl"]], n_phases=2).set_index("phase")
+    table = length_reward([runs["ruscarl"]], n_phases=2).set_index("phase")
     df = _rollouts(world["runs"] / "ruscarl")
     assert df["completion_tokens"].nunique() > 2  # lengths vary
     for phase, steps in [("steps 1-2", [1, 2]), ("steps 3-4", [3, 4])]:
@@ -233,7 +241,7 @@ def test_length_against_reward(world, runs):
 
 
 def test_run_summary_numbers(world, runs):
-    summary = A.run_summary(list(runs.values())).set_index("run")
+    summary = run_summary(list(runs.values())).set_index("run")
     df = _rollouts(world["runs"] / "ruscarl")
     s = summary.loc["ruscarl"]
     # 4 steps: the first/last 10 % round to one step
@@ -250,34 +258,34 @@ def test_missing_columns_are_reported_not_fatal(world, runs, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from ruscarl_lib import analysis_plots as P
+    from ruscarl_lib.analysis import figures as P
 
     # rollouts without verdicts or shown criteria, and a rubric set that does not match
     run_dir = tmp_path / "stripped"
     shutil.copytree(world["runs"] / "ruscarl", run_dir)
     for f in (run_dir / "rollouts").glob("*.parquet"):
         pd.read_parquet(f).drop(columns=["judge_verdicts", "shown"]).to_parquet(f)
-    stripped = A.load_run(run_dir)
+    stripped = load_run(run_dir)
     assert stripped.verdict_column is None
-    table = A.axis_met_rates([stripped, runs["bare"]])
-    assert table.empty and any("stripped: no per-criterion verdicts" in n for n in A.missing(table))
+    table = axis_met_rates([stripped, runs["bare"]])
+    assert table.empty and any("stripped: no per-criterion verdicts" in n for n in missing(table))
     assert P.plot_axis_met_rates(table) is None
     P.publish(None, tmp_path / "x.png", table)
     assert not (tmp_path / "x.png").exists()
 
-    other = A.load_run(world["runs"] / "ruscarl", examples=_examples(2))
+    other = load_run(world["runs"] / "ruscarl", examples=_examples(2))
     assert other.rubrics is None and any("not in the rubric set" in n for n in other.notes)
-    shown = A.shown_vs_hidden([other])
-    assert set(shown["polarity"]) == {"unknown"} and A.axis_met_rates([other]).empty
+    shown = shown_vs_hidden([other])
+    assert set(shown["polarity"]) == {"unknown"} and axis_met_rates([other]).empty
     # figures still draw for what is there
-    curves = A.training_curves([stripped, runs["bare"]])
+    curves = training_curves([stripped, runs["bare"]])
     P.publish(P.plot_training_curves(curves), tmp_path / "c.png", curves)
     assert (tmp_path / "c.png").stat().st_size > 0
     with pytest.raises(FileNotFoundError):
-        A.load_runs([tmp_path / "nope"])
+        load_runs([tmp_path / "nope"])
     with pytest.raises(ValueError, match="not a training run folder"):
-        A.load_runs([world["root"]])
-    assert A.load_runs([str(tmp_path / "nothing*")]) == []
+        load_runs([world["root"]])
+    assert load_runs([str(tmp_path / "nothing*")]) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +301,7 @@ def _errors(nb_path: Path) -> list:
 @pytest.fixture(scope="module")
 def evaluated(world):
     """04_evaluate on the trained adapter of the scaffolded run (found through the params)."""
-    from ruscarl_lib.reports import run_notebook
+    from ruscarl_lib.notebook.reports import run_notebook
 
     params_file = world["root"] / "eval_params.yaml"
     params_file.write_text(yaml.safe_dump({
@@ -343,9 +351,9 @@ def test_evaluate_notebook(world, evaluated):
 
 
 def test_analysis_notebook(world, evaluated, tmp_path):
-    from ruscarl_lib.evaluation import run_evaluation
+    from ruscarl_lib.evaluate.run import run_evaluation
     from ruscarl_lib.params import Params
-    from ruscarl_lib.reports import run_notebook
+    from ruscarl_lib.notebook.reports import run_notebook
 
     eval_dir, _ = evaluated
     base_eval = world["root"] / "eval_base"

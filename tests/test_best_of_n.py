@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ruscarl_lib.best_of_n import (
+from ruscarl_lib.evaluate.best_of_n import (
     best_of_n_curve,
     best_of_n_curves,
     default_ns,

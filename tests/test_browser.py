@@ -27,7 +27,7 @@ import nbformat
 import pytest
 import yaml
 
-from ruscarl_lib.loopback import free_loopback_port
+from ruscarl_lib.common.loopback import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "outputs" / "browser"
@@ -328,7 +328,7 @@ def test_example_browser_shows_another_example_when_its_control_moves(browser, l
     finally:
         _shot(page, "01_example_browser")
         page.close()
-    from ruscarl_lib.data_io import load_sample_dataset
+    from ruscarl_lib.data.read import load_sample_dataset
 
     examples = load_sample_dataset()  # the notebook's data when no path is given
     assert first.strip() == examples[0].id and second.strip() == examples[3].id
@@ -340,10 +340,10 @@ def test_example_browser_shows_another_example_when_its_control_moves(browser, l
 
 
 def test_training_notebook_updates_its_live_view_while_training(browser, lab, tmp_path):
-    from ruscarl_lib.data_io import write_jsonl
+    from ruscarl_lib.data.write import write_jsonl
     from ruscarl_lib.params import save_params
-    from ruscarl_lib.tiny_model import save_tiny_model
-    from ruscarl_lib.toy_task import rule_examples, toy_params
+    from ruscarl_lib.models.tiny import save_tiny_model
+    from ruscarl_lib.train.smoke_task import rule_examples, toy_params
 
     params = toy_params(save_tiny_model(tmp_path / "model"), tmp_path / "runs", "live", max_steps=6)
     params.data.path = str(write_jsonl(rule_examples(4), tmp_path / "toy.jsonl"))

@@ -18,20 +18,12 @@ from rubric_files import (
     write_verl_dict_parquet,
     write_verl_numpy_str_parquet,
 )
-from ruscarl_lib.data_io import (
-    DataValidationError,
-    detect_format,
-    load_dataset_from_params,
-    load_examples,
-    load_examples_with_report,
-    load_sample_dataset,
-    resolve_data_path,
-    write_jsonl,
-    write_verl_parquet,
-)
+from ruscarl_lib.data.rows import DataValidationError
+from ruscarl_lib.data.read import detect_format, load_dataset_from_params, load_examples, load_examples_with_report, load_sample_dataset, resolve_data_path
+from ruscarl_lib.data.write import write_jsonl, write_verl_parquet
 from ruscarl_lib.params import DataParams
-from ruscarl_lib.rubric import Criterion, RubricExample
-from ruscarl_lib.tags import normalize_tags
+from ruscarl_lib.data.rubric import Criterion, RubricExample
+from ruscarl_lib.data.tags import normalize_tags
 
 REPO = Path(__file__).resolve().parents[1]
 

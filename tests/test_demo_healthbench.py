@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from ruscarl_lib.data_io import load_sample_dataset, write_jsonl
-from ruscarl_lib.run_outputs import read_rollouts
+from ruscarl_lib.data.read import load_sample_dataset
+from ruscarl_lib.data.write import write_jsonl
+from ruscarl_lib.train.run_folder import read_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(1800)]

@@ -11,22 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ruscarl_lib.evaluation import (
-    BackendUnavailable,
-    EvalStateError,
-    SamplingConfig,
-    build_report,
-    generate_responses,
-    generate_vllm,
-    grade_responses,
-    load_eval_model,
-    response_scores,
-    run_coroutine,
-    run_evaluation,
-)
+from ruscarl_lib.common.backends import BackendUnavailable
+from ruscarl_lib.evaluate.folder import EvalStateError
+from ruscarl_lib.evaluate.generate import SamplingConfig, generate_responses, generate_vllm, load_eval_model
+from ruscarl_lib.evaluate.report import build_report, response_scores
+from ruscarl_lib.evaluate.grade import grade_responses, run_coroutine
+from ruscarl_lib.evaluate.run import run_evaluation
 from ruscarl_lib.judges.verdict import Judge, Verdict
 from ruscarl_lib.params import Params
-from ruscarl_lib.rubric import Criterion, RubricExample
+from ruscarl_lib.data.rubric import Criterion, RubricExample
 
 
 class KeywordJudge(Judge):
@@ -132,7 +125,7 @@ def test_bootstrap_std_is_reproducible_and_seeded():
 
 
 def test_report_bootstraps_over_prompts():
-    from ruscarl_lib.scoring import aggregate_score
+    from ruscarl_lib.judges.scoring import aggregate_score
 
     verdicts = grade_responses(_responses(), _examples(), KeywordJudge(), progress=False)
     report = build_report(verdicts, _responses(), n_bootstrap=500, seed=1)
@@ -156,7 +149,7 @@ def test_grading_resumes_from_saved_chunks(tmp_path):
     assert again.stats.calls == 2  # only the missing chunk was graded
     assert not list((tmp_path / "verdicts").glob(".*.tmp"))
     pd.testing.assert_frame_equal(first, second)
-    from ruscarl_lib.evaluation import grading_stats
+    from ruscarl_lib.evaluate.grade import grading_stats
 
     assert grading_stats(tmp_path)["calls"] == 6  # accounting covers both sessions
     with pytest.raises(EvalStateError, match="other settings"):
@@ -164,6 +157,9 @@ def test_grading_resumes_from_saved_chunks(tmp_path):
     redone = grade_responses(_responses(), _examples(), KeywordJudge("other"), tmp_path, chunk_size=2,
                              overwrite=True, progress=False)
     assert len(redone) == len(first)
+    regraded = KeywordJudge("other")  # same settings, overwrite: every chunk graded again, none reused
+    grade_responses(_responses(), _examples(), regraded, tmp_path, chunk_size=2, overwrite=True, progress=False)
+    assert regraded.stats.calls == 6
 
 
 def test_unknown_example_ids_are_refused():
@@ -195,7 +191,7 @@ def tiny_dirs(tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ruscarl_lib.tiny_model import save_tiny_model
+    from ruscarl_lib.models.tiny import save_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     base_dir = save_tiny_model(root / "base")
@@ -252,7 +248,7 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_dirs, tmp_path):
     assert len(verdicts) == 2 * 7
     assert saved["judge"]["calls"] == 6
     # what the judge said about the first answer, with each criterion's own text
-    from ruscarl_lib.evaluation import verdict_samples
+    from ruscarl_lib.evaluate.grade import verdict_samples
 
     first = verdicts[["example_id", "sample_index"]].iloc[0]
     samples = verdict_samples(tmp_path, _examples(), n_answers=1)
@@ -269,7 +265,7 @@ def test_run_evaluation_end_to_end_with_adapter(tiny_dirs, tmp_path):
     assert not math.isnan(report.std)
 
     # novelty of the saved answers: trained (adapter on) over initial (adapter off)
-    from ruscarl_lib.evaluation import run_novelty
+    from ruscarl_lib.evaluate.run import run_novelty
 
     summary = run_novelty(params, tmp_path, examples=_examples())
     ratios = pd.read_parquet(tmp_path / "novelty.parquet")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ruscarl_lib import __version__
-from ruscarl_lib.fingerprint import (
+from ruscarl_lib.common.fingerprint import (
     RunSettingsChanged,
     changed_keys,
     check_run_folder,
@@ -17,7 +17,7 @@ from ruscarl_lib.fingerprint import (
     write_fingerprint,
 )
 from ruscarl_lib.params import Params, save_params
-from ruscarl_lib.toy_task import make_examples
+from ruscarl_lib.train.smoke_task import make_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 

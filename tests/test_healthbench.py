@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from rubric_files import healthbench_record, write_healthbench_jsonl, write_verl_dict_parquet
-from ruscarl_lib.data_io import load_examples
-from ruscarl_lib.healthbench import (
+from ruscarl_lib.data.read import load_examples
+from ruscarl_lib.data.healthbench import (
     HEALTHBENCH_URL,
     HealthBenchDownloadError,
     SplitError,
@@ -30,7 +30,7 @@ def test_import_does_not_download():
     code = ("import urllib.request\n"
             "def refuse(*a, **k): raise SystemExit('network used at import')\n"
             "urllib.request.urlopen = refuse\n"
-            "import ruscarl_lib.healthbench, ruscarl_lib.data_io\n")
+            "import ruscarl_lib.data.healthbench, ruscarl_lib.data.read\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

@@ -4,7 +4,7 @@ Unsloth patches those libraries when it is imported; imported after them, it sil
 less (and `trl.GRPOTrainer` may already be bound elsewhere). Each entry point runs here in its
 own process with a stand-in `unsloth` package first on the path: importing it records which of
 transformers/trl/peft were already loaded, then ends the process (exit 0), so nothing trains.
-The entry points: `python -m ruscarl_lib.training`, the `ruscarl train` CLI, the training
+The entry points: `python -m ruscarl_lib.train.run`, the `ruscarl train` CLI, the training
 notebook's setup cells (sweeps and the demo run that notebook through papermill, in a kernel
 that executes exactly these cells), and the GPU smoke script.
 """
@@ -62,7 +62,7 @@ def test_probe_sees_a_late_import(fake_unsloth, tmp_path):
 
 def test_training_module_imports_unsloth_first(fake_unsloth, tmp_path):
     rec = _run(fake_unsloth, tmp_path / "r.json",
-               ["-m", "ruscarl_lib.training", "--set", "train.backend=unsloth",
+               ["-m", "ruscarl_lib.train.run", "--set", "train.backend=unsloth",
                 "--set", f"output.dir={tmp_path}"])
     assert rec["late"] == []
 
@@ -109,9 +109,9 @@ def test_gpu_smoke_script_imports_unsloth_first(fake_unsloth, tmp_path):
 def test_light_modules_do_not_load_the_training_stack():
     """What the entry points import before the backend is known must not load the stack."""
     code = ("import sys\n"
-            "import ruscarl_lib.notebook, ruscarl_lib.training, ruscarl_lib.cli, ruscarl_lib.sweeps,"
-            " ruscarl_lib.demo, ruscarl_lib.live, ruscarl_lib.run_outputs, ruscarl_lib.data_io,"
-            " ruscarl_lib.plots, ruscarl_lib.reports, ruscarl_lib.trainer_checks\n"
+            "import ruscarl_lib.notebook.setup, ruscarl_lib.train.run, ruscarl_lib.cli, ruscarl_lib.sweeps.run,"
+            " ruscarl_lib.demo, ruscarl_lib.train.live, ruscarl_lib.train.run_folder, ruscarl_lib.data.read,"
+            " ruscarl_lib.notebook.figures, ruscarl_lib.notebook.reports, ruscarl_lib.train.checks\n"
             f"print([m for m in {WATCHED!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)

@@ -22,7 +22,7 @@ import pytest
 from ruscarl_lib.judges import GradingItem, build_judge
 from ruscarl_lib.judges.server import JudgeServer, JudgeServerDied, JudgeServerError, find_vllm, served_judge
 from ruscarl_lib.params import JudgeParams, JudgeServerParams
-from ruscarl_lib.rubric import Criterion
+from ruscarl_lib.data.rubric import Criterion
 
 pytestmark = pytest.mark.timeout(120)
 FAKE = Path(__file__).with_name("fake_vllm.py")

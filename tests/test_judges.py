@@ -26,7 +26,7 @@ from ruscarl_lib.judges import (
 )
 from ruscarl_lib.judges.prompts import GraderOutputError, extract_json, parse_multi, parse_single, strip_think
 from ruscarl_lib.params import JudgeParams
-from ruscarl_lib.rubric import Criterion
+from ruscarl_lib.data.rubric import Criterion
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -274,7 +274,7 @@ def test_api_key_never_appears_in_logs_outputs_or_errors(server, monkeypatch, ca
 
 def test_local_endpoint_works_with_the_key_variable_unset(server, monkeypatch):
     """The params files promise: a local vLLM needs no key, even when api_key_env is named."""
-    from ruscarl_lib.judges.llm import is_loopback_url
+    from ruscarl_lib.judges.api_key import is_loopback_url
 
     monkeypatch.delenv("RUSCARL_TEST_UNSET_KEY", raising=False)
     judge = OpenAIJudge(jp(server, api_key_env="RUSCARL_TEST_UNSET_KEY"))
@@ -392,7 +392,7 @@ _CHILD = textwrap.dedent("""
     import asyncio, json, sys
     from ruscarl_lib.judges import GradingItem, build_judge
     from ruscarl_lib.params import JudgeParams
-    from ruscarl_lib.rubric import Criterion
+    from ruscarl_lib.data.rubric import Criterion
     url, cache, responses = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     crits = [Criterion(f"c{i} [[w{i}]]", 1) for i in range(10)]
     judge = build_judge(JudgeParams(kind="openai", base_urls=[url], cache_path=cache, max_concurrency=4))

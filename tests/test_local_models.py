@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import missing_under_ci
-from ruscarl_lib import local_models as lm
+from ruscarl_lib.models import local as lm
 
 
 def test_names_that_are_not_registered_pass_through(tmp_path):
@@ -69,7 +69,7 @@ def test_smollm2_is_an_ordinary_model_folder_with_a_fixed_tokenizer(smollm2):
 
 
 def test_a_registered_model_is_identified_by_its_wheel_in_fingerprints(smollm2):
-    from ruscarl_lib.fingerprint import model_identity
+    from ruscarl_lib.common.fingerprint import model_identity
 
     ident = model_identity("smollm2-135m-instruct")
     assert ident.startswith("local:smollm2-135m-instruct:") and ident.endswith(f":format{lm.BUILD_FORMAT}")

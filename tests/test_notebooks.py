@@ -9,8 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from ruscarl_lib.reports import run_notebook
-from ruscarl_lib.scaffold import ScaffoldSchedule
+from ruscarl_lib.notebook.reports import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

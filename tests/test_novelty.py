@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ruscarl_lib.novelty import (
+from ruscarl_lib.evaluate.novelty import (
     bleu_tokens,
     diversity_table,
     likelihood_ratios,
@@ -22,7 +22,7 @@ from ruscarl_lib.novelty import (
     self_bleu,
     sentence_bleu,
 )
-from ruscarl_lib.tiny_model import build_tiny_model, build_tiny_tokenizer, save_tiny_model
+from ruscarl_lib.models.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny_model
 
 PROMPTS = [
     [{"role": "user", "content": "I have a headache. What should I do?"}],

@@ -9,11 +9,11 @@ import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ruscarl_lib import stats  # noqa: E402
-from ruscarl_lib.analysis_plots import plot_eval_scores, plot_training_curves  # noqa: E402
-from ruscarl_lib.best_of_n import plot_best_of_n  # noqa: E402
-from ruscarl_lib.data_io import load_sample_dataset  # noqa: E402
-from ruscarl_lib.plots import ARM_COLORS, POLARITY_COLORS, arm_of, dataset_overview_figure, palette  # noqa: E402
+from ruscarl_lib.data import stats  # noqa: E402
+from ruscarl_lib.analysis.figures import plot_eval_scores, plot_training_curves  # noqa: E402
+from ruscarl_lib.evaluate.best_of_n import plot_best_of_n  # noqa: E402
+from ruscarl_lib.data.read import load_sample_dataset  # noqa: E402
+from ruscarl_lib.notebook.figures import ARM_COLORS, POLARITY_COLORS, arm_of, dataset_overview_figure, palette  # noqa: E402
 
 
 def _color(handle) -> str:

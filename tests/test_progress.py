@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from ruscarl_lib import progress
-from ruscarl_lib.data_io import write_jsonl
+from ruscarl_lib.common import progress
+from ruscarl_lib.data.write import write_jsonl
 from ruscarl_lib.params import save_params
-from ruscarl_lib.reports import run_notebook
-from ruscarl_lib.tiny_model import save_tiny_model
-from ruscarl_lib.toy_task import rule_examples, toy_params
+from ruscarl_lib.notebook.reports import run_notebook
+from ruscarl_lib.models.tiny import save_tiny_model
+from ruscarl_lib.train.smoke_task import rule_examples, toy_params
 
 
 def test_emit_is_a_no_op_without_the_variable(monkeypatch, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from ruscarl_lib.judges import GradingItem, build_judge
 from ruscarl_lib.params import JudgeParams
-from ruscarl_lib.rubric import Criterion
+from ruscarl_lib.data.rubric import Criterion
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(900)]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ruscarl_lib.tiny_model import save_tiny_model
-from ruscarl_lib.toy_task import rule_examples, toy_params
-from ruscarl_lib.training import build_grpo_config, run_training
+from ruscarl_lib.models.tiny import save_tiny_model
+from ruscarl_lib.train.smoke_task import rule_examples, toy_params
+from ruscarl_lib.train.config import build_grpo_config
+from ruscarl_lib.train.run import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import nbformat
 import pandas as pd
 
 from ruscarl_lib.demo import headline_table
-from ruscarl_lib.reports import FOLD_LINES, FOLD_ROWS, clean_notebook, project_root, summary_html
+from ruscarl_lib.notebook.reports import FOLD_LINES, FOLD_ROWS, clean_notebook, project_root, summary_html
 
 ROOT = str(project_root())
 

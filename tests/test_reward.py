@@ -11,8 +11,8 @@ import pytest
 
 from judge_server import JudgeServer
 from ruscarl_lib.params import JudgeParams
-from ruscarl_lib.reward import RubricReward, VerdictLog, criteria_from_column, response_text
-from ruscarl_lib.rubric import Criterion
+from ruscarl_lib.train.reward import RubricReward, VerdictLog, criteria_from_column, response_text
+from ruscarl_lib.data.rubric import Criterion
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,7 +147,7 @@ def test_training_default_keeps_penalties_of_failed_criteria(server):
 
 
 def test_failure_guard_trips_after_consecutive_bad_steps(server):
-    from ruscarl_lib.reward import JudgeFailureGuard
+    from ruscarl_lib.train.reward import JudgeFailureGuard
 
     guard = JudgeFailureGuard(0.25, 2)
     for failed in (3, 0, 3):  # a good step in between resets the count

@@ -22,19 +22,16 @@ import pytest
 import torch
 
 from ruscarl_lib.params import TrainParams
-from ruscarl_lib.run_outputs import read_metrics, read_rollouts
-from ruscarl_lib.scaffold import ScaffoldSchedule, n_shown, select_criteria
-from ruscarl_lib.tiny_model import save_tiny_model
-from ruscarl_lib.training import (
-    BackendUnavailable,
-    batch_geometry,
-    build_grpo_config,
-    load_policy,
-    prepare_backend,
-    run_training,
-)
-from ruscarl_lib.toy_task import keyword_reward, make_examples, rule_examples
-from ruscarl_lib.toy_task import toy_params as tiny_params
+from ruscarl_lib.train.run_folder import read_metrics, read_rollouts, trained_weights
+from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
+from ruscarl_lib.scaffold.selection import n_shown, select_criteria
+from ruscarl_lib.models.tiny import save_tiny_model
+from ruscarl_lib.common.backends import BackendUnavailable
+from ruscarl_lib.train.run import run_training
+from ruscarl_lib.train.config import batch_geometry, build_grpo_config
+from ruscarl_lib.train.backend import load_policy, prepare_backend
+from ruscarl_lib.train.smoke_task import keyword_reward, make_examples, rule_examples
+from ruscarl_lib.train.smoke_task import toy_params as tiny_params
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -48,7 +45,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 def _probe_cls():
     """The trainer that records what generation and every log-prob computation were given."""
-    from ruscarl_lib.contract import ContractProbe
+    from ruscarl_lib.train.trainer_class import ContractProbe
 
     return ContractProbe
 
@@ -128,7 +125,7 @@ def test_loss_sees_only_clean_prompts(contract_run):
     assert scaffold_only and not any(p in seen for p in scaffold_only)
 
     # the library's checker (used by the GPU smoke script) agrees
-    from ruscarl_lib.contract import check_contract
+    from ruscarl_lib.train.contract import check_contract
 
     report = check_contract(trainer)
     assert (report.rollouts, report.scaffolded, report.loss_rows) == (24, n_scaffolded, 24)
@@ -137,7 +134,7 @@ def test_loss_sees_only_clean_prompts(contract_run):
 def test_contract_checker_catches_a_scaffolded_loss_row(contract_run):
     import copy
 
-    from ruscarl_lib.contract import ContractViolation, check_contract
+    from ruscarl_lib.train.contract import ContractViolation, check_contract
 
     _, _, result = contract_run
     trainer = copy.copy(result.trainer)
@@ -160,16 +157,16 @@ def test_ratios_and_criteria_follow_schedule(contract_run):
     assert len(df) == T * params.train.prompts_per_step * G
     assert sorted(df.rl_step.unique()) == [1, 2, 3]
     for _, r in df.iterrows():
-        expected = schedule.ratio(r.sample_index, G, r.rl_step, T)
+        expected = schedule.ratio(r.group_position, G, r.rl_step, T)
         assert r.scaffold_ratio == pytest.approx(expected)
         n = len(by_id[r.example_id].rubric)
         assert r.n_shown == n_shown(n, expected)
         assert list(r.shown) == select_criteria(
             n, expected, seed=params.scaffold.seed, example_id=r.example_id,
-            step=r.rl_step, sample_index=r.sample_index,
+            step=r.rl_step, group_position=r.group_position,
         )
     for _, group in df.groupby(["rl_step", "group"]):
-        assert sorted(group.sample_index) == list(range(G))
+        assert sorted(group.group_position) == list(range(G))
         assert group.example_id.nunique() == 1
     # linear decay over 3 steps: full scaffold at step 1, none at step 3
     assert df[df.rl_step == 1].scaffold_ratio.max() == 1.0
@@ -189,14 +186,15 @@ def test_metrics_file(contract_run):
     assert m["scaffold/ratio_mean"].dropna().iloc[0] == pytest.approx(0.5)  # mean of 1, 2/3, 1/3, 0
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"adapter", "params.yaml", "versions.json", "metrics.jsonl", "rollouts"} <= files
-    assert (result.adapter_dir / "adapter_config.json").exists()
+    assert (result.weights_dir / "adapter_config.json").exists()
+    assert result.weights_dir == result.run_dir / "adapter" and trained_weights(result.run_dir) == result.weights_dir
     versions = json.loads((result.run_dir / "versions.json").read_text())
     assert versions["trl"] == "1.15.0"
 
 
 def test_evaluation_is_never_scaffolded(contract_run):
     _, examples, result = contract_run
-    from ruscarl_lib.rollouts import to_train_dataset
+    from ruscarl_lib.train.dataset import to_train_dataset
 
     trainer = result.trainer
     tok = trainer.processing_class
@@ -208,7 +206,7 @@ def test_evaluation_is_never_scaffolded(contract_run):
     for call in eval_calls:
         assert set(call["prompt_ids"]) <= clean
 
-    from ruscarl_lib.contract import check_eval_unscaffolded
+    from ruscarl_lib.train.contract import check_eval_unscaffolded
 
     assert check_eval_unscaffolded(trainer, [{"prompt": ex.messages} for ex in examples[:2]]) > 0
 
@@ -226,7 +224,7 @@ def test_in_loss_ablation_sees_scaffold(model_dir, tmp_path):
     seen = Counter(pair for c in trainer.logp_calls if c["grad"] for pair in c["rows"])
     assert seen == expected
 
-    from ruscarl_lib.contract import check_contract
+    from ruscarl_lib.train.contract import check_contract
 
     assert check_contract(trainer).in_loss
 
@@ -245,16 +243,12 @@ def test_default_rubric_reward_end_to_end(model_dir, tmp_path):
     assert any(c.startswith("judge/") for c in m.columns)
 
 
-# --------------------------------------------------------------------------------------------
-# Baseline = same path with the flag off = stock TRL
-# --------------------------------------------------------------------------------------------
-
 
 def test_scaffolds_off_is_stock_grpo(model_dir, tmp_path):
     from trl import GRPOTrainer
 
-    from ruscarl_lib.rollouts import to_train_dataset
-    from ruscarl_lib.trl_compat import install_logprob_fallback
+    from ruscarl_lib.train.dataset import to_train_dataset
+    from ruscarl_lib.train.trl_compat import install_logprob_fallback
 
     install_logprob_fallback()
     params = tiny_params(model_dir, tmp_path, "off", max_steps=2, kl_coef=0.05, scaffold={"enabled": False})
@@ -332,7 +326,7 @@ def test_resume_does_not_repeat_steps(model_dir, tmp_path):
     got, want = read_rollouts(resumed.run_dir), read_rollouts(ref.run_dir)
     assert list(got.rl_step.value_counts().sort_index()) == [8] * 5
     # same data order, scaffolds and (restored RNG) completions as the uninterrupted run
-    cols = ["rl_step", "example_id", "sample_index", "scaffold_ratio", "n_shown", "completion"]
+    cols = ["rl_step", "example_id", "group_position", "scaffold_ratio", "n_shown", "completion"]
     assert got[cols].equals(want[cols])
 
 
@@ -340,7 +334,7 @@ def test_rerun_with_changed_settings_refuses(model_dir, tmp_path):
     """A run folder remembers what trained it: 3x the learning rate is refused (naming the key,
     params.yaml untouched), the same settings resume, `train.resume: false` starts afresh, and
     other data or other weights under the same path are changes too."""
-    from ruscarl_lib.fingerprint import RunSettingsChanged
+    from ruscarl_lib.common.fingerprint import RunSettingsChanged
 
     examples = make_examples(4)
     first = tiny_params(model_dir, tmp_path, "fp", max_steps=2, save_steps=1, learning_rate=1e-3)
@@ -385,7 +379,7 @@ def test_rerun_with_changed_settings_refuses(model_dir, tmp_path):
 def test_judge_failing_for_several_steps_stops_training_with_checkpoint(model_dir, tmp_path):
     """The rule judge cannot grade the toy criteria (no verifier tags): every verdict fails, and
     training stops after `failure_patience` steps with a clear error, checkpoint kept."""
-    from ruscarl_lib.reward import JudgeFailureError
+    from ruscarl_lib.train.reward import JudgeFailureError
 
     params = tiny_params(model_dir, tmp_path, "judge_down", max_steps=6, save_steps=100)
     params.judge.cache_path = None
@@ -400,11 +394,11 @@ def test_judge_failing_for_several_steps_stops_training_with_checkpoint(model_di
 
 
 def test_script_entry_point(model_dir, tmp_path):
-    """`python -m ruscarl_lib.training --params f.yaml --set k=v`: YAML, overrides, the data
+    """`python -m ruscarl_lib.train.run --params f.yaml --set k=v`: YAML, overrides, the data
     section (embedded sample) and the judge section, as `accelerate launch` would run it."""
     import yaml
 
-    from ruscarl_lib.training import main
+    from ruscarl_lib.train.run import main
 
     raw = tiny_params(model_dir, tmp_path, "cli").model_dump(mode="json")
     raw["data"]["limit"] = 2
@@ -428,9 +422,9 @@ def test_max_scaffold_tokens_drops_or_refuses_overlong_rubrics(model_dir, caplog
     import logging
 
     from ruscarl_lib.params import ScaffoldParams
-    from ruscarl_lib.rubric import Criterion, RubricExample
-    from ruscarl_lib.tiny_model import load_tokenizer
-    from ruscarl_lib.training import build_train_dataset, scaffold_length
+    from ruscarl_lib.data.rubric import Criterion, RubricExample
+    from ruscarl_lib.models.tiny import load_tokenizer
+    from ruscarl_lib.train.dataset import build_train_dataset, scaffold_length
 
     tok = load_tokenizer(str(model_dir))
     examples = make_examples(3)
@@ -442,7 +436,7 @@ def test_max_scaffold_tokens_drops_or_refuses_overlong_rubrics(model_dir, caplog
     assert lengths["long"] > limit
     # points shown or not changes the measured length (the scaffold settings are used)
     assert scaffold_length(tok, examples[-1], ScaffoldParams(show_points=False)) < lengths["long"]
-    with caplog.at_level(logging.WARNING, logger="ruscarl_lib.training"):
+    with caplog.at_level(logging.WARNING, logger="ruscarl_lib.train.run"):
         ds = build_train_dataset(examples, tok, 128, max_scaffold_tokens=limit)
     assert "long" not in ds["example_id"] and len(ds) == 3
     assert "dropped 1 of 4 examples whose full-rubric scaffold exceeds max_scaffold_tokens" in caplog.text
@@ -454,7 +448,7 @@ def test_max_scaffold_tokens_drops_or_refuses_overlong_rubrics(model_dir, caplog
 def test_trl_version_guard(monkeypatch):
     import trl
 
-    from ruscarl_lib.rollouts import TRLVersionError, check_trl_support
+    from ruscarl_lib.train.trl_version import TRLVersionError, check_trl_support
 
     check_trl_support()
     monkeypatch.setattr(trl, "__version__", "1.16.0")
@@ -465,7 +459,7 @@ def test_trl_version_guard(monkeypatch):
 def test_group_check_rejects_split_groups():
     from types import SimpleNamespace
 
-    from ruscarl_lib.rollouts import ScaffoldedGRPOTrainer
+    from ruscarl_lib.train.trainer_class import ScaffoldedGRPOTrainer
 
     fake = SimpleNamespace(num_generations=4)
     ScaffoldedGRPOTrainer._check_groups(fake, ["a"] * 4 + ["b"] * 4, 0)
@@ -484,7 +478,7 @@ def test_batch_geometry():
 
 
 def test_torch_logprob_fallback_matches_log_softmax():
-    from ruscarl_lib.trl_compat import torch_chunked_logprobs
+    from ruscarl_lib.train.trl_compat import torch_chunked_logprobs
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(7, 16, generator=g, requires_grad=True)
@@ -534,7 +528,7 @@ def test_two_processes_keep_groups_and_seeds(model_dir, tmp_path):
     mp, sp = read_rollouts(tmp_path / "mp"), read_rollouts(tmp_path / "sp")
     info = json.loads((tmp_path / "mp" / "world.json").read_text())
     assert info["world_size"] == 2 and info["gradient_accumulation_steps"] == 1
-    cols = ["rl_step", "group", "sample_index", "example_id", "scaffold_ratio", "n_shown"]
+    cols = ["rl_step", "group", "group_position", "example_id", "scaffold_ratio", "n_shown"]
     assert len(mp) == len(sp) == 3 * 4
     assert mp[cols].equals(sp[cols])
     assert [list(x) for x in mp["shown"]] == [list(x) for x in sp["shown"]]
@@ -549,7 +543,7 @@ def test_length_buckets_are_optimal_and_cover_every_row():
     import itertools
     import random
 
-    from ruscarl_lib.rollouts import length_buckets
+    from ruscarl_lib.train.rollouts import length_buckets
 
     def cost(buckets, lengths):
         return sum(len(b) * max(lengths[i] for i in b) for b in buckets)
@@ -577,7 +571,7 @@ def test_length_buckets_are_optimal_and_cover_every_row():
 
 def _greedy_cls(one_at_a_time: bool = False):
     """A trainer that decodes greedily; optionally generating every prompt on its own."""
-    from ruscarl_lib.contract import ContractProbe
+    from ruscarl_lib.train.trainer_class import ContractProbe
 
     class Greedy(ContractProbe):
         def __init__(self, *a, **kw):
@@ -623,14 +617,14 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
     criteria, prompts) must match exactly."""
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.contract import check_contract
+    from ruscarl_lib.train.contract import check_contract
 
     def run(name: str, buckets: int, one: bool = False):
         params = tiny_params(sharp_model_dir, tmp_path, name, max_steps=1, prompts_per_step=4,
                              max_completion_length=8, rollout_buckets=buckets)
         res = run_training(params, train_examples=make_examples(8), reward_funcs=[keyword_reward],
                            trainer_cls=_greedy_cls(one))
-        table = read_rollouts(tmp_path / name).sort_values(["rl_step", "group", "sample_index"])
+        table = read_rollouts(tmp_path / name).sort_values(["rl_step", "group", "group_position"])
         calls = [c for c in res.trainer.gen_calls if c["training"]]
         if not one:  # the loss still sees only clean prompts
             check_contract(res.trainer)
@@ -645,7 +639,7 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
     assert len(truth_calls) == 16 and len(set(truth["rollout_prompt_tokens"])) > 4
     assert truth["completion"].nunique() >= 8  # completions depend on the prompt
 
-    fixed = ["rl_step", "group", "sample_index", "example_id", "scaffold_ratio", "n_shown",
+    fixed = ["rl_step", "group", "group_position", "example_id", "scaffold_ratio", "n_shown",
              "prompt", "rollout_prompt", "clean_prompt_tokens", "rollout_prompt_tokens"]
     for table in (single, bucketed):
         assert table[fixed].equals(truth[fixed])
@@ -683,7 +677,7 @@ def test_vllm_cpu_linear_patch_keeps_loaded_weights_and_is_idempotent(monkeypatc
     import sys
     import types
 
-    from ruscarl_lib.trl_compat import keep_vllm_cpu_weights_reloadable
+    from ruscarl_lib.train.trl_compat import keep_vllm_cpu_weights_reloadable
 
     class UnquantizedLinearMethod:
         def process_weights_after_loading(self, layer):

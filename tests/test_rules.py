@@ -12,8 +12,8 @@ from judge_server import JudgeServer
 from ruscarl_lib.judges import RuleJudge, build_judge, check_rule, register_rule, registered_rules
 from ruscarl_lib.judges.rules import parse_parameters
 from ruscarl_lib.params import JudgeParams
-from ruscarl_lib.rubric import Criterion
-from ruscarl_lib.scoring import example_score
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.judges.scoring import example_score
 
 pytestmark = pytest.mark.timeout(60)
 

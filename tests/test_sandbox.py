@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ruscarl_lib.data_io import load_examples, write_jsonl
+from ruscarl_lib.data.read import load_examples
+from ruscarl_lib.data.write import write_jsonl
 from ruscarl_lib.sandbox import (
     PolicyConfig,
     SFTDataConfig,
@@ -22,8 +23,8 @@ from ruscarl_lib.sandbox import (
 )
 from ruscarl_lib.sandbox.policy import POLICY_FORMAT
 from ruscarl_lib.sandbox.sft_data import answer_text
-from ruscarl_lib.sandbox.world import OFFTOPIC_TIERS, is_offtopic, is_repeat
-from ruscarl_lib.scaffold import render_scaffold
+from ruscarl_lib.sandbox.criteria import OFFTOPIC_TIERS, is_offtopic, is_repeat
+from ruscarl_lib.scaffold.render import render_scaffold
 
 # A world and model small enough to warm-start in a few seconds on one core.
 TINY_WORLD = WorldConfig(n_conditions=6, conditions_per_task=2, n_distractors=0, n_train=24, n_heldout=8, n_validation=8, heldout_share=0.3, validation_share=0.25, seed=3)
@@ -182,7 +183,7 @@ def test_policy_cache_rebuilds_on_config_change(tmp_path):
     text = f"you should {world.conditions[0].advice} ."
     assert tok.decode(tok(text)["input_ids"]) == text
     # training and evaluation load it the same way (a plain AutoTokenizer would not: Qwen2Tokenizer)
-    from ruscarl_lib.tiny_model import load_tokenizer
+    from ruscarl_lib.models.tiny import load_tokenizer
 
     assert load_tokenizer(p2.path)(text)["input_ids"] == tok(text)["input_ids"]
 

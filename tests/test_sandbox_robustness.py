@@ -78,14 +78,14 @@ def test_comparison_reruns_when_the_world_changes(tmp_path, monkeypatch):
 
     class FakeResult:
         def __init__(self, folder):
-            self.adapter_dir = folder / "adapter"
-            self.adapter_dir.mkdir(parents=True)
+            self.weights_dir = folder / "model"
+            self.weights_dir.mkdir(parents=True)
 
     def fake_train(params):
         calls.append(("train", params.scaffold.enabled))
         return FakeResult(Path(params.output.dir) / params.output.run_name)
 
-    import ruscarl_lib.training as training
+    import ruscarl_lib.train.run as training
 
     monkeypatch.setattr(compare, "prepare_sandbox", fake_prepare)
     monkeypatch.setattr(compare, "_evaluate", fake_evaluate)

@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 
 from ruscarl_lib.params import ScaffoldParams
-from ruscarl_lib.rubric import Criterion, RubricExample
-from ruscarl_lib.scaffold import (
-    ScaffoldedPrompt,
-    ScaffoldSchedule,
-    expected_criteria_shown,
-    intra_group_ratio,
-    n_shown,
-    render_scaffold,
-    scaffold_example,
-    select_criteria,
-    step_decay,
-)
+from ruscarl_lib.data.rubric import Criterion, RubricExample
+from ruscarl_lib.scaffold.render import ScaffoldedPrompt, render_scaffold, scaffold_example
+from ruscarl_lib.scaffold.schedule import ScaffoldSchedule, expected_criteria_shown, intra_group_ratio, step_decay
+from ruscarl_lib.scaffold.selection import n_shown, select_criteria
 
 
 def _sigmoid_by_hand(step: int, total: int, alpha: float = 125.0, t0: float = 0.2) -> float:
@@ -166,9 +158,9 @@ def test_n_shown_worked_example_and_bankers_rounding():
 # ---------------------------------------------------------------------------- selection
 
 
-def _sel(n=12, ratio=0.5, seed=0, example_id="ex", step=1, sample_index=0):
+def _sel(n=12, ratio=0.5, seed=0, example_id="ex", step=1, group_position=0):
     return select_criteria(
-        n, ratio, seed=seed, example_id=example_id, step=step, sample_index=sample_index
+        n, ratio, seed=seed, example_id=example_id, step=step, group_position=group_position
     )
 
 
@@ -189,7 +181,7 @@ def test_selection_is_reproducible_and_depends_on_every_coordinate():
         "seed": [_sel(seed=s) for s in range(1, 6)],
         "example_id": [_sel(example_id=f"ex{s}") for s in range(1, 6)],
         "step": [_sel(step=s) for s in range(2, 7)],
-        "sample_index": [_sel(sample_index=s) for s in range(1, 6)],
+        "group_position": [_sel(group_position=s) for s in range(1, 6)],
     }
     # a 6-of-12 draw has 924 outcomes: changing any coordinate almost always changes it
     for name, draws in variants.items():
@@ -205,8 +197,8 @@ def test_selection_stable_across_processes():
     import sys
 
     code = (
-        "from ruscarl_lib.scaffold import select_criteria as s;"
-        "print(s(20, 0.4, seed=3, example_id='abc', step=7, sample_index=2))"
+        "from ruscarl_lib.scaffold.selection import select_criteria as s;"
+        "print(s(20, 0.4, seed=3, example_id='abc', step=7, group_position=2))"
     )
     outs = {
         subprocess.run(
@@ -215,7 +207,7 @@ def test_selection_stable_across_processes():
         ).stdout.strip()
         for h in (1, 2)
     }
-    assert outs == {str(select_criteria(20, 0.4, seed=3, example_id="abc", step=7, sample_index=2))}
+    assert outs == {str(select_criteria(20, 0.4, seed=3, example_id="abc", step=7, group_position=2))}
 
 
 def test_selection_is_uniform():
@@ -324,10 +316,10 @@ def _example(n: int = 12) -> RubricExample:
 
 def test_scaffold_example_matches_selection_and_rendering():
     ex = _example()
-    sp = scaffold_example(ex, 0.5, seed=4, step=3, sample_index=1)
+    sp = scaffold_example(ex, 0.5, seed=4, step=3, group_position=1)
     assert isinstance(sp, ScaffoldedPrompt)
     assert sp.ratio == 0.5
-    assert sp.shown == select_criteria(12, 0.5, seed=4, example_id="hb-1", step=3, sample_index=1)
+    assert sp.shown == select_criteria(12, 0.5, seed=4, example_id="hb-1", step=3, group_position=1)
     assert sp.messages == render_scaffold(ex.messages, [ex.rubric[i] for i in sp.shown])
     sysmsg = sp.messages[0]["content"]
     for i in range(12):
@@ -338,7 +330,7 @@ def test_scaffold_example_matches_selection_and_rendering():
 
 def test_scaffold_example_ratio_zero_is_clean():
     ex = _example()
-    sp = scaffold_example(ex, 0.0, seed=0, step=1, sample_index=7)
+    sp = scaffold_example(ex, 0.0, seed=0, step=1, group_position=7)
     assert sp.shown == [] and sp.messages == ex.messages
 
 
@@ -365,7 +357,7 @@ def test_expected_criteria_shown_by_hand():
 def test_scaffold_example_passes_rendering_options():
     ex = _example()
     sp = scaffold_example(
-        ex, 1.0, seed=0, step=1, sample_index=0, show_points=False, warn_no_reveal=False
+        ex, 1.0, seed=0, step=1, group_position=0, show_points=False, warn_no_reveal=False
     )
     assert sp.messages == render_scaffold(
         ex.messages, ex.rubric, show_points=False, warn_no_reveal=False
@@ -375,7 +367,7 @@ def test_scaffold_example_passes_rendering_options():
 
 
 def test_schedule_table_shows_the_fade_out_around_t0():
-    from ruscarl_lib.scaffold import schedule_table
+    from ruscarl_lib.scaffold.schedule import schedule_table
 
     table = schedule_table(ScaffoldSchedule(), 8, 350, n_criteria=12)
     assert table["step"].tolist() == [1, 57, 71, 85, 350]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ruscarl_lib.rubric import Criterion, RubricExample
-from ruscarl_lib.scoring import (
+from ruscarl_lib.data.rubric import Criterion, RubricExample
+from ruscarl_lib.judges.scoring import (
     AggregateScore,
     aggregate_score,
     example_score,

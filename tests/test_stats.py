@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rubric_files import rich_examples
-from ruscarl_lib.data_io import load_sample_dataset
-from ruscarl_lib.stats import (
+from ruscarl_lib.data.read import load_sample_dataset
+from ruscarl_lib.data.stats import (
     per_criterion_table,
     per_example_table,
     summary,

@@ -19,9 +19,11 @@ import yaml
 
 from conftest import write_tiny_notebook
 from ruscarl_lib.params import ParamsError
-from ruscarl_lib.sweep_executors import ExecutorError, LocalExecutor, ProcessSpec, make_executor
-from ruscarl_lib.sweep_stats import mean_interval, orderings_beyond_noise, seed_summary, t_cdf, t_quantile
-from ruscarl_lib.sweeps import DONE_MARKER, expand_runs, load_sweep, main, run_sweep
+from ruscarl_lib.sweeps.executors import ExecutorError, LocalExecutor, ProcessSpec, make_executor
+from ruscarl_lib.sweeps.stats import mean_interval, orderings_beyond_noise, seed_summary, t_cdf, t_quantile
+from ruscarl_lib.sweeps.worker import DONE_MARKER
+from ruscarl_lib.sweeps.spec import expand_runs, load_sweep
+from ruscarl_lib.sweeps.run import main, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_LAUNCHER = Path(__file__).resolve().parent / "fake_accelerate.py"
@@ -31,7 +33,7 @@ BODY = """\
 import json, os, time
 from pathlib import Path
 import yaml
-from ruscarl_lib.reports import write_json
+from ruscarl_lib.notebook.reports import write_json
 
 t_start = time.time()
 p = yaml.safe_load(open(params_file))
@@ -119,7 +121,7 @@ def test_multi_gpu_run_is_started_through_accelerate_launch(tmp_path):
         argv = got["argv"]
         assert argv[:4] == ["--config_file", str(ROOT / "configs" / "accelerate_ddp.yaml"), "--num_processes", "2"]
         assert argv[4] == "--main_process_port" and argv[5].isdigit()
-        assert argv[6:9] == ["-m", "ruscarl_lib.sweeps", str(path)] and "--worker" in argv and got["omp"] == "3"
+        assert argv[6:9] == ["-m", "ruscarl_lib.sweeps.run", str(path)] and "--worker" in argv and got["omp"] == "3"
     for run in result.runs:
         run_dir = result.root / run.run_id
         # every rank executed the notebook; rank 0 alone wrote the run's metrics and DONE
@@ -232,7 +234,7 @@ def _kill_mid_run(path: Path, out: Path, extra_args: list[str], hang_run, others
     root = out / "tiny"
     started = root / hang_run.run_id / "tiny" / "started"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "ruscarl_lib.sweeps", str(path), "--out", str(out), "--no-report",
+    proc = subprocess.Popen([sys.executable, "-m", "ruscarl_lib.sweeps.run", str(path), "--out", str(out), "--no-report",
                              *extra_args], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kernel_pid = worker_pid = None

@@ -16,7 +16,10 @@ import yaml
 
 from conftest import write_tiny_notebook
 from ruscarl_lib.params import ParamsError
-from ruscarl_lib.sweeps import DONE_MARKER, collect_metrics, expand_runs, load_sweep, main, run_sweep
+from ruscarl_lib.sweeps.worker import DONE_MARKER
+from ruscarl_lib.sweeps.report import collect_metrics
+from ruscarl_lib.sweeps.spec import expand_runs, load_sweep
+from ruscarl_lib.sweeps.run import main, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +28,7 @@ BODY = """\
 import json, os, time
 from pathlib import Path
 import yaml
-from ruscarl_lib.reports import write_json
+from ruscarl_lib.notebook.reports import write_json
 
 p = yaml.safe_load(open(params_file))
 alpha = p['scaffold']['alpha']
@@ -182,7 +185,7 @@ def test_killed_sweep_resumes_and_cli(tmp_path, sweep, capsys):
     started = out / "tiny" / ids[1] / "tiny" / "started"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ruscarl_lib.sweeps", str(path), "--out", str(out), "--no-report", "--only", ids[1]],
+        [sys.executable, "-m", "ruscarl_lib.sweeps.run", str(path), "--out", str(out), "--no-report", "--only", ids[1]],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     kernel_pid = None
@@ -234,7 +237,7 @@ def test_shipped_ablation_sweep_expands_and_validates():
 
 
 def test_templated_parameters_are_filled_per_run(tmp_path):
-    from ruscarl_lib.sweeps import _filled
+    from ruscarl_lib.sweeps.worker import _filled
 
     got = _filled({"adapter": "{run_dir}/03/{run_id}/adapter", "n": 3, "plain": "{other}"}, "r1", tmp_path / "r1", tmp_path)
     assert got == {"adapter": f"{tmp_path}/r1/03/r1/adapter", "n": 3, "plain": "{other}"}
@@ -242,7 +245,7 @@ def test_templated_parameters_are_filled_per_run(tmp_path):
 
 @pytest.mark.slow
 def test_sandbox_sweep_trains_then_evaluates_what_it_trained(tmp_path):
-    """prepare_sandbox + the real 03 and 04 notebooks: 04 must evaluate the adapter 03 wrote."""
+    """prepare_sandbox + the real 03 and 04 notebooks: 04 must evaluate the weights 03 wrote."""
     raw = yaml.safe_load((ROOT / "params" / "sandbox.yaml").read_text())
     raw["sandbox"]["world"].update(n_train=16, n_heldout=4, n_conditions=6)
     raw["sandbox"]["policy"] = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
@@ -260,9 +263,10 @@ def test_sandbox_sweep_trains_then_evaluates_what_it_trained(tmp_path):
     assert not result.failed, result.outcomes
     row = result.metrics.iloc[0]
     run_dir = result.root / row["run_id"]
-    adapter = run_dir / "03_train_grpo" / row["run_id"] / "adapter"
-    assert adapter.is_dir()
-    evaluated = yaml.safe_load((run_dir / "04_evaluate" / "params.yaml").read_text())["eval"]["adapter"]
-    assert Path(evaluated) == adapter
+    trained = run_dir / "03_train_grpo" / row["run_id"]
+    assert (trained / "model").is_dir()  # the sandbox trains every weight: model/, not adapter/
+    assert Path(yaml.safe_load((run_dir / "04_evaluate" / "params.yaml").read_text())["eval"]["adapter"]) == trained
+    evaluated = json.loads((run_dir / "04_evaluate" / "report.json").read_text())["extra"]["adapter"]
+    assert Path(evaluated) == trained / "model"
     assert 0.0 <= row["04_evaluate.score"] <= 1.0 and row["03_train_grpo.rl_steps"] == 2
     assert (result.root / "sandbox" / "sandbox_params.yaml").exists()

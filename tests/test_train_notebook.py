@@ -9,13 +9,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from ruscarl_lib.data_io import write_jsonl
+from ruscarl_lib.data.write import write_jsonl
 from ruscarl_lib.params import save_params
-from ruscarl_lib.reports import run_notebook
-from ruscarl_lib.run_outputs import read_metrics, read_rollouts
-from ruscarl_lib.scaffold import ScaffoldSchedule
-from ruscarl_lib.tiny_model import save_tiny_model
-from ruscarl_lib.toy_task import rule_examples, toy_params
+from ruscarl_lib.notebook.reports import run_notebook
+from ruscarl_lib.train.run_folder import read_metrics, read_rollouts
+from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
+from ruscarl_lib.models.tiny import save_tiny_model
+from ruscarl_lib.train.smoke_task import rule_examples, toy_params
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_training_notebook_runs_and_writes_the_run_folder(setup, scaffold_enable
     rollouts = read_rollouts(run_dir)
     assert sorted(rollouts["rl_step"].unique()) == [1, 2, 3]
     schedule = ScaffoldSchedule(step_decay="linear", enabled=scaffold_enabled)
-    expected = [schedule.ratio(i, 4, s, 3) for s, i in zip(rollouts["rl_step"], rollouts["sample_index"])]
+    expected = [schedule.ratio(i, 4, s, 3) for s, i in zip(rollouts["rl_step"], rollouts["group_position"])]
     assert rollouts["scaffold_ratio"].tolist() == pytest.approx(expected)
     assert (rollouts["n_shown"] > 0).any() == scaffold_enabled
     metrics = read_metrics(run_dir)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ruscarl_lib.tiny_model import save_tiny_model
-from ruscarl_lib.toy_task import keyword_reward, make_examples, toy_params
-from ruscarl_lib.training import build_grpo_config, run_training
+from ruscarl_lib.models.tiny import save_tiny_model
+from ruscarl_lib.train.smoke_task import keyword_reward, make_examples, toy_params
+from ruscarl_lib.train.config import build_grpo_config
+from ruscarl_lib.train.run import run_training
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -55,7 +56,8 @@ def _wrapping(base: type, name: str = "Wrapped") -> type:
 def test_private_api_check_walks_past_wrappers():
     from trl import GRPOTrainer
 
-    from ruscarl_lib.rollouts import check_trl_support, real_signature, scaffolded_trainer_class
+    from ruscarl_lib.train.trl_version import check_trl_support, real_signature
+    from ruscarl_lib.train.trainer_class import scaffolded_trainer_class
 
     wrapped = _wrapping(GRPOTrainer)
     owner, params = real_signature(wrapped, "__init__")
@@ -69,7 +71,8 @@ def test_private_api_check_walks_past_wrappers():
 def test_private_api_check_fails_for_a_wrongly_based_class():
     from trl import GRPOTrainer
 
-    from ruscarl_lib.rollouts import TRLVersionError, scaffolded_trainer_class
+    from ruscarl_lib.train.trl_version import TRLVersionError
+    from ruscarl_lib.train.trainer_class import scaffolded_trainer_class
 
     class RenamedArgs(GRPOTrainer):  # a TRL release that renamed a private method's parameters
         def _generate_single_turn(self, prompts, images, fields, n):
@@ -108,17 +111,18 @@ def test_private_api_check_fails_for_a_wrongly_based_class():
 def test_trainer_class_is_resolved_at_call_time(monkeypatch):
     import trl
 
-    import ruscarl_lib.rollouts as rollouts
-    from ruscarl_lib.rollouts import grpo_base_of, resolve_trainer_class
+    import ruscarl_lib.train.trainer_class as trainer_class
+    from ruscarl_lib.train.trainer_class import grpo_base_of, resolve_trainer_class
 
     stock = trl.GRPOTrainer
-    before = rollouts.ScaffoldedGRPOTrainer
+    before = trainer_class.ScaffoldedGRPOTrainer
     assert grpo_base_of(before) is stock
     patched = _wrapping(stock, "UnslothGRPOTrainer")  # what `import unsloth` does on a GPU
     monkeypatch.setattr(trl, "GRPOTrainer", patched)
-    after = rollouts.ScaffoldedGRPOTrainer
+    after = trainer_class.ScaffoldedGRPOTrainer
     assert grpo_base_of(after) is patched
-    from ruscarl_lib.contract import ContractProbe, ContractProbeMixin
+    from ruscarl_lib.train.contract import ContractProbeMixin
+    from ruscarl_lib.train.trainer_class import ContractProbe
 
     assert grpo_base_of(ContractProbe) is patched
     assert grpo_base_of(resolve_trainer_class(ContractProbeMixin)) is patched
@@ -129,7 +133,7 @@ def test_trainer_class_is_resolved_at_call_time(monkeypatch):
 def test_base_class_must_be_unsloths_on_a_gpu():
     from trl import GRPOTrainer
 
-    from ruscarl_lib.trainer_checks import TrainerMismatch, check_base_class
+    from ruscarl_lib.train.checks import TrainerMismatch, check_base_class
 
     with pytest.raises(TrainerMismatch, match="not on Unsloth's"):
         check_base_class(GRPOTrainer, "unsloth", gpu=True)
@@ -156,7 +160,7 @@ def test_geometry_check_side_by_side():
     from types import SimpleNamespace
 
     from ruscarl_lib.params import TrainParams
-    from ruscarl_lib.trainer_checks import TrainerMismatch, check_geometry
+    from ruscarl_lib.train.checks import TrainerMismatch, check_geometry
 
     tp = TrainParams(group_size=4, prompts_per_step=2, per_device_batch_size=2, updates_per_step=2)
     args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=2,
@@ -186,7 +190,7 @@ class _ChangesEpsilonHigh:
 
 
 def test_run_stops_when_the_built_trainer_has_another_geometry(model_dir, tmp_path):
-    from ruscarl_lib.trainer_checks import TrainerMismatch
+    from ruscarl_lib.train.checks import TrainerMismatch
 
     params = toy_params(model_dir, tmp_path, "geo", max_steps=1)
     with pytest.raises(TrainerMismatch, match="batch geometry") as err:
@@ -197,7 +201,7 @@ def test_run_stops_when_the_built_trainer_has_another_geometry(model_dir, tmp_pa
 
 
 def test_run_stops_when_the_built_trainer_changed_the_algorithm(model_dir, tmp_path):
-    from ruscarl_lib.trainer_checks import TrainerMismatch
+    from ruscarl_lib.train.checks import TrainerMismatch
 
     params = toy_params(model_dir, tmp_path, "eps", max_steps=1)
     with pytest.raises(TrainerMismatch, match="epsilon_high"):
@@ -215,7 +219,7 @@ class _TrainsTheWholeModel:
 
 
 def test_run_stops_when_a_lora_run_would_train_the_whole_model(model_dir, tmp_path):
-    from ruscarl_lib.trainer_checks import TrainerMismatch
+    from ruscarl_lib.train.checks import TrainerMismatch
 
     params = toy_params(model_dir, tmp_path, "full", max_steps=1)
     with pytest.raises(TrainerMismatch, match="LoRA weights"):
@@ -227,8 +231,9 @@ def test_lora_is_attached_before_a_trainer_that_ignores_peft_config(model_dir):
     """Over Unsloth's class, run_training applies the LoRA itself (seeded, reproducible)."""
     from trl import GRPOTrainer
 
-    from ruscarl_lib.rollouts import scaffolded_trainer_class
-    from ruscarl_lib.training import attach_lora_for, load_policy
+    from ruscarl_lib.train.trainer_class import scaffolded_trainer_class
+    from ruscarl_lib.train.run import attach_lora_for
+    from ruscarl_lib.train.backend import load_policy
 
     tp = toy_params(model_dir, model_dir.parent, "x").train
     stock_cls = scaffolded_trainer_class()
@@ -256,7 +261,7 @@ def test_good_run_records_trainer_and_passes_the_live_contract(model_dir, tmp_pa
     assert json.loads((result.run_dir / "contract.json").read_text()) == json.loads(json.dumps(rep, default=str))
     record = json.loads((result.run_dir / "trainer.json").read_text())
     assert record["base_class"] == "trl.trainer.grpo_trainer.GRPOTrainer"
-    assert record["trainer_class"] == "ruscarl_lib.rollouts.ScaffoldedGRPOTrainer"
+    assert record["trainer_class"] == "ruscarl_lib.train.trainer_class.ScaffoldedGRPOTrainer"
     assert record["base_is_unsloth"] is False
     assert record["args"]["epsilon_high"] == 0.2 and record["args"]["beta"] == 0.05
     assert record["args"]["num_generations"] == 4
@@ -274,7 +279,7 @@ class _FeedsScaffoldToLoss:
 
 
 def test_live_contract_stops_a_trainer_that_feeds_scaffolds_to_the_loss(model_dir, tmp_path):
-    from ruscarl_lib.contract import ContractViolation
+    from ruscarl_lib.train.contract import ContractViolation
 
     params = toy_params(model_dir, tmp_path, "bad", max_steps=2)
     with pytest.raises(ContractViolation, match="scaffolded prompt"):
@@ -285,7 +290,7 @@ def test_live_contract_stops_a_trainer_that_feeds_scaffolds_to_the_loss(model_di
 
 def test_runtime_contract_rows():
     """The log-prob-level check: a scaffolded loss row, a swapped pairing, a loss that never ran."""
-    from ruscarl_lib.contract import ContractViolation, RuntimeContract
+    from ruscarl_lib.train.contract import ContractViolation, RuntimeContract
 
     clean, scaf, comp = [1, 2], [9, 1, 2], [5, 6]
     c = RuntimeContract(in_loss=False)
@@ -316,7 +321,7 @@ def test_runtime_contract_rows():
 
 
 def test_unsloth_patch_failure_warnings_are_errors():
-    from ruscarl_lib.trainer_checks import UnslothPatchFailed, unsloth_failures_as_errors
+    from ruscarl_lib.train.checks import UnslothPatchFailed, unsloth_failures_as_errors
 
     msg = "Unsloth: Warning - regex did not match, VLLMGeneration._init_vllm patch may have failed"
     logging.getLogger("unsloth_zoo.log").warning(msg)  # outside: only a warning

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import vllm_lane_python
-from ruscarl_lib.loopback import free_loopback_port
+from ruscarl_lib.common.loopback import free_loopback_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.real_judge, pytest.mark.timeout(900)]

@@ -1,6 +1,6 @@
 """`eval.backend: vllm` on vLLM's CPU build, LoRA adapter included: the tokens HF generate gives.
 
-The evaluation's vLLM path (ruscarl_lib.evaluation.generate_vllm) runs in .venv-vllm
+The evaluation's vLLM path (ruscarl_lib.evaluate.generate.generate_vllm) runs in .venv-vllm
 (scripts/setup_vllm_lane.sh) with the project on PYTHONPATH; its greedy answers for SmolLM2,
 with and without a LoRA adapter whose weights were set at random, are compared with
 generate_hf's in this environment (measured identical on the 2-core AVX2 machine).
@@ -26,7 +26,7 @@ def _adapter(folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.local_models import resolve_model
+    from ruscarl_lib.models.local import resolve_model
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct")),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
@@ -40,8 +40,8 @@ def _adapter(folder: Path) -> Path:
 
 def test_vllm_cpu_generation_with_and_without_lora_matches_hf(tmp_path):
     lane = vllm_lane_python()
-    from ruscarl_lib.data_io import load_sample_dataset
-    from ruscarl_lib.evaluation import SamplingConfig, generate_hf, load_eval_model
+    from ruscarl_lib.data.read import load_sample_dataset
+    from ruscarl_lib.evaluate.generate import SamplingConfig, generate_hf, load_eval_model
 
     adapter = _adapter(tmp_path / "adapter")
     out = tmp_path / "vllm.json"

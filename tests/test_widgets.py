@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ruscarl_lib import widgets
-from ruscarl_lib.data_io import load_sample_dataset
+from ruscarl_lib.notebook import widgets
+from ruscarl_lib.data.read import load_sample_dataset
 from ruscarl_lib.params import Params
 
 

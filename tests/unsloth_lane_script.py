@@ -58,12 +58,14 @@ WEIGHT_TOL = 1e-6
 
 
 def main(out: Path) -> dict:
-    from ruscarl_lib.contract import ContractProbeMixin, check_contract
-    from ruscarl_lib.rollouts import to_train_dataset
-    from ruscarl_lib.tiny_model import save_tiny_model
-    from ruscarl_lib.toy_task import keyword_reward, make_examples, toy_params
-    from ruscarl_lib.training import attach_lora_for, build_grpo_config, load_policy, run_training
-    from ruscarl_lib.trainer_checks import is_unsloth_class
+    from ruscarl_lib.train.contract import ContractProbeMixin, check_contract
+    from ruscarl_lib.train.dataset import to_train_dataset
+    from ruscarl_lib.models.tiny import save_tiny_model
+    from ruscarl_lib.train.smoke_task import keyword_reward, make_examples, toy_params
+    from ruscarl_lib.train.run import attach_lora_for, run_training
+    from ruscarl_lib.train.config import build_grpo_config
+    from ruscarl_lib.train.backend import load_policy
+    from ruscarl_lib.train.checks import is_unsloth_class
 
     base = trl.GRPOTrainer
     res: dict = {"base": f"{base.__module__}.{base.__qualname__}", "import_s": round(import_s, 1),

@@ -25,10 +25,10 @@ def _length_reward(prompts=None, completions=None, **_):
 
 
 def main(run_dir: str, out: str) -> None:
-    from ruscarl_lib.contract import ContractProbeMixin, check_contract
-    from ruscarl_lib.data_io import load_sample_dataset
+    from ruscarl_lib.train.contract import ContractProbeMixin, check_contract
+    from ruscarl_lib.data.read import load_sample_dataset
     from ruscarl_lib.params import Params
-    from ruscarl_lib.training import run_training
+    from ruscarl_lib.train.run import run_training
 
     examples = [dataclasses.replace(ex, rubric=ex.rubric[:2]) for ex in load_sample_dataset(2)]
     params = Params.model_validate({

@@ -1,5 +1,5 @@
 """Run in .venv-vllm by tests/test_vllm_generation.py: greedy answers from vLLM's CPU build
-through ruscarl_lib.evaluation.generate_vllm, with and without a LoRA adapter. Not a test file.
+through ruscarl_lib.evaluate.generate.generate_vllm, with and without a LoRA adapter. Not a test file.
 
     python tests/vllm_generation_script.py ADAPTER_DIR OUT_JSON
 """
@@ -12,8 +12,8 @@ import time
 
 
 def main(adapter: str, out: str) -> None:
-    from ruscarl_lib.data_io import load_sample_dataset
-    from ruscarl_lib.evaluation import SamplingConfig, generate_vllm
+    from ruscarl_lib.data.read import load_sample_dataset
+    from ruscarl_lib.evaluate.generate import SamplingConfig, generate_vllm
 
     prompts = [ex.messages for ex in load_sample_dataset(2)]
     cfg = SamplingConfig(n_samples=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=24, batch_size=2, seed=0)

@@ -9,13 +9,14 @@ All judges share one JudgeStats, available as `judge.stats`.
 
 from __future__ import annotations
 
-from ..params import JudgeParams
-from .cache import CachedJudge, VerdictCache
-from .composite import CompositeJudge
-from .llm import JudgeConfigError, OpenAIJudge, resolve_api_key
-from .prompts import PROMPT_VERSION, build_messages, strip_think
-from .rules import RuleJudge, check_rule, is_rule_criterion, register_rule, registered_rules
-from .verdict import FAILURE_KINDS, GradingItem, Judge, JudgeStats, Verdict
+from ruscarl_lib.params import JudgeParams
+from ruscarl_lib.judges.cache import CachedJudge, VerdictCache
+from ruscarl_lib.judges.composite import CompositeJudge
+from ruscarl_lib.judges.api_key import JudgeConfigError, resolve_api_key
+from ruscarl_lib.judges.llm import OpenAIJudge
+from ruscarl_lib.judges.prompts import PROMPT_VERSION, build_messages, strip_think
+from ruscarl_lib.judges.rules import RuleJudge, check_rule, is_rule_criterion, register_rule, registered_rules
+from ruscarl_lib.judges.verdict import FAILURE_KINDS, GradingItem, Judge, JudgeStats, Verdict
 
 
 def build_judge(params: JudgeParams, stats: JudgeStats | None = None) -> Judge:

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..rubric import Criterion
-from .prompts import render_conversation
-from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.judges.prompts import render_conversation
+from ruscarl_lib.judges.verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rules import RuleJudge, is_rule_criterion
-from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
+from ruscarl_lib.judges.rules import RuleJudge, is_rule_criterion
+from ruscarl_lib.judges.verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
 
 
 class CompositeJudge(Judge):

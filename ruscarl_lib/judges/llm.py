@@ -3,7 +3,7 @@
 Why it looks the way it does:
 - Training grades thousands of criteria per step (METHOD.md section 6: ~5,900 calls), so
   requests run concurrently under one semaphore per event loop, spread over several base URLs
-  (least-loaded first, an endpoint that keeps failing is skipped for a cool-down).
+  (`judges.endpoints`: least-loaded first, one that keeps failing is skipped for a cool-down).
 - Judges are flaky under load. We retry 429/5xx/timeouts/connection errors ourselves with
   exponential backoff and jitter (the openai client's own retries are off so every attempt is
   counted), and re-ask for criteria the grader left out or answered in a broken format.
@@ -16,38 +16,58 @@ Why it looks the way it does:
   httpx-to-aiohttp adapter) cost most of the client's CPU. Without aiohttp the official
   `openai.AsyncOpenAI` client is used through its raw `client.post(..., cast_to=bytes)`
   rather than the typed `chat.completions.create` (which re-validates every message and
-  builds pydantic models). Both raise the openai exception types, classified below.
+  builds pydantic models). Both raise the openai exception types (`judges.failures`).
 - HTTP clients belong to one event loop: they are opened per loop (TRL grades on its own
   loop thread; tests use asyncio.run) and closed when that loop has no grading left.
-- The API key is read from the environment variable named in params, handed to the client and
-  never stored on the judge, logged, or placed in any message we produce.
+- The API key is read from the environment variable named in params (`judges.api_key`),
+  handed to the client and never stored on the judge, logged, or placed in any message we
+  produce.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
-import urllib.parse
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import openai
 
-from ..params import JudgeParams
-from ..rubric import Criterion
-from .http import AioHttpChatClient
-from .server import JudgeServerDied
-from .prompts import PROMPT_VERSION, GraderOutputError, Scope, build_messages, parse_multi, parse_single, response_format
-from .verdict import GradingItem, Judge, JudgeStats, ProgressFn, Verdict
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.judges.api_key import JudgeConfigError, resolve_api_key
+from ruscarl_lib.judges.failures import (
+    AttemptError,
+    mentions_structured_output,
+    retry_after_seconds,
+    status_kind,
+    transport_kind,
+)
+from ruscarl_lib.judges.endpoints import Endpoint, EndpointPool
+from ruscarl_lib.judges.http import AioHttpChatClient
+from ruscarl_lib.judges.prompts import (
+    PROMPT_VERSION,
+    GraderOutputError,
+    Scope,
+    build_messages,
+    parse_multi,
+    parse_single,
+    response_format,
+)
+from ruscarl_lib.judges.server import JudgeServerDied
+from ruscarl_lib.judges.verdict import (
+    GradingItem,
+    Judge,
+    JudgeStats,
+    ProgressFn,
+    Verdict,
+)
+from ruscarl_lib.params import JudgeParams
 
 log = logging.getLogger(__name__)
 
@@ -62,72 +82,6 @@ async def _with_deadline(coro: Any, seconds: float) -> Any:
         async with asyncio.timeout(seconds):
             return await coro
     return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
-
-
-class JudgeConfigError(ValueError):
-    """The judge cannot be set up (for example the named API-key variable is unset)."""
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether `url` points at this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_api_key(api_key_env: str | None, base_urls: Sequence[str] = ()) -> str:
-    """The API key from the named environment variable; "EMPTY" when no variable is named, or
-    when it is unset and every endpoint is a loopback address (a local vLLM needs no key, as
-    the params files promise). A remote endpoint with the variable unset is an error."""
-    if not api_key_env:
-        return "EMPTY"
-    value = os.environ.get(api_key_env)
-    if value:
-        return value
-    if base_urls and all(is_loopback_url(u) for u in base_urls):
-        return "EMPTY"
-    remote = [u for u in base_urls if not is_loopback_url(u)]
-    raise JudgeConfigError(
-        f"judge.api_key_env names {api_key_env!r} but that environment variable is not set"
-        + (f" (needed for the non-local endpoint(s) {remote})" if remote else "")
-    )
-
-
-@dataclass
-class _Endpoint:
-    """Load and health of one base URL (shared by every event loop using the judge)."""
-
-    url: str
-    in_flight: int = 0
-    consecutive_failures: int = 0
-    cooldown_until: float = 0.0
-    structured_ok: bool = True
-    requests: int = 0
-
-
-class _AttemptError(Exception):
-    """One failed HTTP attempt, classified."""
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        retryable: bool,
-        endpoint: _Endpoint | None = None,
-        retry_after: float | None = None,
-        structured_rejected: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retryable = retryable
-        self.endpoint = endpoint
-        self.retry_after = retry_after
-        self.structured_rejected = structured_rejected
 
 
 class _LoopResources:
@@ -159,57 +113,6 @@ def _aiohttp_available() -> bool:
     return True
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it was raised from (transports wrap the real error)."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
-def _transport_kind(exc: openai.APIConnectionError) -> str:
-    """"timeout" or "connection": the aiohttp transport reports a dropped connection as a
-    connect timeout, so look at the original error rather than the wrapper's type."""
-    for e in reversed(_causes(exc)[1:]):  # the original error first
-        name = type(e).__name__
-        if "Disconnected" in name or "Reset" in name or isinstance(e, (ConnectionError, BrokenPipeError)):
-            return "connection"
-        if "ClientConnectorError" in name or "ConnectError" == name:
-            return "connection"
-        if isinstance(e, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
-            return "timeout"
-    return "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    try:
-        value = exc.response.headers.get("retry-after")
-        return max(0.0, float(value)) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _mentions_structured(exc: openai.APIStatusError) -> bool:
-    """Whether a rejected request was rejected for its response_format."""
-    text = f"{exc.message} {exc.body}".lower()
-    return any(w in text for w in ("response_format", "json_schema", "guided", "structured"))
-
-
-def _status_kind(status: int) -> tuple[str, bool]:
-    """Failure kind and whether to retry, for an HTTP error status."""
-    if status == 429:
-        return "http_429", True
-    if status >= 500:
-        return "http_5xx", True
-    if status in (408,):
-        return "timeout", True
-    if status in (404, 409, 425):  # wrong route on one endpoint, or transient conflicts
-        return "http_4xx", True
-    return "http_4xx", False
-
-
 class OpenAIJudge(Judge):
     """Grades criteria with a chat model. Modes (params.mode) return identical verdict lists:
 
@@ -225,8 +128,7 @@ class OpenAIJudge(Judge):
         self.params = params
         resolve_api_key(params.api_key_env, params.base_urls)  # fail early, at construction, if the key is missing
         self._backend()  # and if the transport asked for is missing
-        self._endpoints = [_Endpoint(url.rstrip("/")) for url in params.base_urls]
-        self._rr = 0
+        self._pool = EndpointPool(params)
         self._rng = random.Random(jitter_seed)  # backoff jitter only
         self._loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources]" = weakref.WeakKeyDictionary()
         # Set by whoever started the server (judges.server): returns why it cannot answer, or
@@ -262,23 +164,12 @@ class OpenAIJudge(Judge):
         unless an endpoint has rejected it (then requests fall back to plain JSON prompting)."""
         p = self.params
         return {"temperature": p.temperature,
-                "structured": bool(p.structured_output and all(e.structured_ok for e in self._endpoints))}
+                "structured": bool(p.structured_output and self._pool.all_structured_ok())}
 
     @property
     def endpoints(self) -> list[dict[str, Any]]:
         """Health of each base URL (for diagnostics)."""
-        now = time.monotonic()
-        return [
-            {
-                "url": e.url,
-                "in_flight": e.in_flight,
-                "requests": e.requests,
-                "consecutive_failures": e.consecutive_failures,
-                "cooling_down_s": max(0.0, e.cooldown_until - now),
-                "structured_output": e.structured_ok,
-            }
-            for e in self._endpoints
-        ]
+        return self._pool.health()
 
     # -- resources per event loop -----------------------------------------------------------
 
@@ -290,7 +181,7 @@ class OpenAIJudge(Judge):
             self._loops[loop] = res
         return res
 
-    def _client(self, res: _LoopResources, ep: _Endpoint) -> Any:
+    def _client(self, res: _LoopResources, ep: Endpoint) -> Any:
         clients = res.clients.get(ep.url)
         if clients is None:
             key = resolve_api_key(self.params.api_key_env, self.params.base_urls)
@@ -323,33 +214,6 @@ class OpenAIJudge(Judge):
         if res is not None:
             await res.close()
 
-    # -- endpoint choice --------------------------------------------------------------------
-
-    def _pick(self, avoid: _Endpoint | None) -> _Endpoint:
-        """Least-loaded healthy endpoint, ties broken round-robin; `avoid` only as last resort."""
-        now = time.monotonic()
-        eps = self._endpoints
-        healthy = [e for e in eps if e.cooldown_until <= now] or [min(eps, key=lambda e: e.cooldown_until)]
-        if avoid is not None and len(healthy) > 1:
-            healthy = [e for e in healthy if e is not avoid]
-        self._rr += 1
-        if self.params.routing == "round_robin":
-            return healthy[self._rr % len(healthy)]
-        n = len(healthy)
-        return min((healthy[(self._rr + i) % n] for i in range(n)), key=lambda e: e.in_flight)
-
-    def _mark(self, ep: _Endpoint, ok: bool) -> None:
-        if ok:
-            ep.consecutive_failures = 0
-            return
-        ep.consecutive_failures += 1
-        if ep.consecutive_failures >= self.params.endpoint_failures_before_cooldown and ep.cooldown_until <= time.monotonic():
-            ep.cooldown_until = time.monotonic() + self.params.endpoint_cooldown_s
-            log.warning(
-                "judge endpoint %s failed %d times in a row; skipping it for %.0fs",
-                ep.url, ep.consecutive_failures, self.params.endpoint_cooldown_s,
-            )
-
     # -- one HTTP request ---------------------------------------------------------------------
 
     def _body(self, messages: list[dict[str, str]], scope: Scope, structured: bool, bad_output: bool) -> dict[str, Any]:
@@ -372,13 +236,13 @@ class OpenAIJudge(Judge):
         return body
 
     async def _request(
-        self, res: _LoopResources, messages: list[dict[str, str]], scope: Scope, avoid: _Endpoint | None,
+        self, res: _LoopResources, messages: list[dict[str, str]], scope: Scope, avoid: Endpoint | None,
         bad_output: bool,
     ) -> tuple[str, int, int, dict[str, Any]]:
         """(content, prompt_tokens, completion_tokens, sampling settings) of one completion, or
-        _AttemptError."""
+        AttemptError."""
         async with res.semaphore:
-            ep = self._pick(avoid)
+            ep = self._pool.pick(avoid)
             structured = self.params.structured_output and ep.structured_ok
             body = self._body(messages, scope, structured, bad_output)
             client = self._client(res, ep)
@@ -395,40 +259,40 @@ class OpenAIJudge(Judge):
                     client.post("/chat/completions", body=body, cast_to=bytes), self.params.timeout_s * 2 + 1.0
                 )
             except asyncio.TimeoutError:
-                self._mark(ep, False)
-                raise _AttemptError("timeout", f"no answer within {self.params.timeout_s:g}s", True, ep) from None
+                self._pool.mark(ep, False)
+                raise AttemptError("timeout", f"no answer within {self.params.timeout_s:g}s", True, ep) from None
             except openai.APIConnectionError as e:  # APITimeoutError included
-                self._mark(ep, False)
-                kind = _transport_kind(e)
+                self._pool.mark(ep, False)
+                kind = transport_kind(e)
                 why = f"no answer within {self.params.timeout_s:g}s" if kind == "timeout" else "connection failed"
-                raise _AttemptError(kind, f"{why} ({type(e.__cause__ or e).__name__})", True, ep) from None
+                raise AttemptError(kind, f"{why} ({type(e.__cause__ or e).__name__})", True, ep) from None
             except openai.APIStatusError as e:
-                kind, retryable = _status_kind(e.status_code)
-                if e.status_code in (400, 422) and structured and _mentions_structured(e):
+                kind, retryable = status_kind(e.status_code)
+                if e.status_code in (400, 422) and structured and mentions_structured_output(e):
                     # Some servers reject response_format: fall back to prompt-only JSON there.
                     ep.structured_ok = False
                     log.warning("judge endpoint %s rejected response_format; using plain JSON prompting", ep.url)
-                    raise _AttemptError(kind, f"HTTP {e.status_code}", True, ep, structured_rejected=True) from None
+                    raise AttemptError(kind, f"HTTP {e.status_code}", True, ep, structured_rejected=True) from None
                 # 5xx, 429, 404 and 408 say something about the endpoint; other 4xx about the request.
-                self._mark(ep, not (e.status_code >= 500 or e.status_code in (404, 408, 429)))
-                raise _AttemptError(kind, f"HTTP {e.status_code}", retryable, ep, _retry_after(e)) from None
+                self._pool.mark(ep, not (e.status_code >= 500 or e.status_code in (404, 408, 429)))
+                raise AttemptError(kind, f"HTTP {e.status_code}", retryable, ep, retry_after_seconds(e)) from None
             except openai.APIError as e:  # response could not be read as JSON, and similar
-                self._mark(ep, True)
-                raise _AttemptError("protocol", f"bad response: {type(e).__name__}", True, ep) from None
+                self._pool.mark(ep, True)
+                raise AttemptError("protocol", f"bad response: {type(e).__name__}", True, ep) from None
             except ValueError as e:  # the client's own JSON decoding
-                self._mark(ep, True)
-                raise _AttemptError("protocol", f"bad response: {type(e).__name__}", True, ep) from None
+                self._pool.mark(ep, True)
+                raise AttemptError("protocol", f"bad response: {type(e).__name__}", True, ep) from None
             except Exception as e:  # anything else from the HTTP stack: count it, never lose the batch
-                self._mark(ep, False)
+                self._pool.mark(ep, False)
                 log.debug("unexpected judge client error", exc_info=True)
-                raise _AttemptError("client_error", f"unexpected client error: {type(e).__name__}", True, ep) from None
+                raise AttemptError("client_error", f"unexpected client error: {type(e).__name__}", True, ep) from None
             finally:
                 dt = time.perf_counter() - t0
                 ep.in_flight -= 1
                 res.in_flight -= 1
                 self.stats.call_latency_s += dt
                 self.stats.call_latency_max_s = max(self.stats.call_latency_max_s, dt)
-        self._mark(ep, True)
+        self._pool.mark(ep, True)
         try:
             data = json.loads(raw)
             content = data["choices"][0]["message"]["content"]
@@ -437,7 +301,7 @@ class OpenAIJudge(Judge):
             if not isinstance(content, str):
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _AttemptError("protocol", f"response is not a chat completion: {type(e).__name__}", True, ep) from None
+            raise AttemptError("protocol", f"response is not a chat completion: {type(e).__name__}", True, ep) from None
         usage = data.get("usage") or {}
         pt = int(usage.get("prompt_tokens") or 0)
         ct = int(usage.get("completion_tokens") or 0)
@@ -464,7 +328,7 @@ class OpenAIJudge(Judge):
         done: dict[int, Verdict] = {}
         last: dict[int, tuple[str, str]] = {}
         attempt = 0  # retries used
-        avoid: _Endpoint | None = None
+        avoid: Endpoint | None = None
         sleep_s = 0.0
         t_start = time.perf_counter()
         owed_pt = owed_ct = 0  # tokens of attempts that resolved nothing yet
@@ -481,7 +345,7 @@ class OpenAIJudge(Judge):
             messages = build_messages(item.conversation, item.response, subset, scope)
             try:
                 content, pt, ct, settings = await self._request(res, messages, scope, avoid, bad_output)
-            except _AttemptError as e:
+            except AttemptError as e:
                 self.stats.errors[e.kind] += 1
                 dead = self.liveness() if self.liveness is not None else None
                 if dead:
@@ -501,11 +365,7 @@ class OpenAIJudge(Judge):
             owed_pt += pt
             owed_ct += ct
             try:
-                if scope == "one":
-                    found = {1: parse_single(content)}
-                    problems: dict[int, str] = {}
-                else:
-                    found, problems = parse_multi(content, len(subset))
+                found, problems = self._parse(content, scope, len(subset))
             except GraderOutputError as e:
                 bad_output = True
                 self.stats.errors[e.kind] += 1
@@ -516,16 +376,8 @@ class OpenAIJudge(Judge):
                 attempt += 1
                 self.stats.retries += 1
                 continue
-            now = time.perf_counter() - t_start
-            nums = sorted(found)
-            n_res = len(nums)
-            for j, num in enumerate(nums):
-                i = pending[num - 1]
-                met, why = found[num]
-                share_pt = owed_pt // n_res + (1 if j < owed_pt % n_res else 0)
-                share_ct = owed_ct // n_res + (1 if j < owed_ct % n_res else 0)
-                done[i] = Verdict(met=met, explanation=why, source="judge", latency_s=now,
-                                  prompt_tokens=share_pt, completion_tokens=share_ct, settings=settings)
+            done.update(self._verdicts_found(found, pending, time.perf_counter() - t_start, owed_pt, owed_ct,
+                                             settings))
             owed_pt = owed_ct = 0
             if problems:
                 bad_output = True
@@ -538,13 +390,43 @@ class OpenAIJudge(Judge):
                     break
                 attempt += 1
                 self.stats.retries += 1
-        now = time.perf_counter() - t_start
+        done.update(self._failed(pending, last, attempt + 1, time.perf_counter() - t_start))
+        return done
+
+    @staticmethod
+    def _parse(content: str, scope: Scope, n: int) -> tuple[dict[int, tuple[bool, str]], dict[int, str]]:
+        """Verdicts by criterion number (1-based), and the numbers answered unreadably."""
+        if scope == "one":
+            return {1: parse_single(content)}, {}
+        return parse_multi(content, n)
+
+    @staticmethod
+    def _verdicts_found(found: dict[int, tuple[bool, str]], pending: list[int], elapsed: float,
+                        prompt_tokens: int, completion_tokens: int, settings: Any) -> dict[int, Verdict]:
+        """Verdicts of the criteria an answer covered; the tokens of the attempts that led to it
+        are shared out among them (so per-verdict tokens add up to what the judge billed)."""
+        nums = sorted(found)
+        n = len(nums)
+        out = {}
+        for j, num in enumerate(nums):
+            met, why = found[num]
+            out[pending[num - 1]] = Verdict(
+                met=met, explanation=why, source="judge", latency_s=elapsed,
+                prompt_tokens=prompt_tokens // n + (1 if j < prompt_tokens % n else 0),
+                completion_tokens=completion_tokens // n + (1 if j < completion_tokens % n else 0),
+                settings=settings,
+            )
+        return out
+
+    def _failed(self, pending: list[int], last: dict[int, tuple[str, str]], tries: int,
+                elapsed: float) -> dict[int, Verdict]:
+        """Failed verdicts, with the last failure kind seen, for criteria still without one."""
+        out = {}
         for i in pending:
             kind, why = last.get(i, ("schema", "no verdict"))
-            tries = attempt + 1
-            done[i] = Verdict.failure(kind, f"judge failed after {tries} attempt(s): {why}", latency_s=now)
+            out[i] = Verdict.failure(kind, f"judge failed after {tries} attempt(s): {why}", latency_s=elapsed)
             self.stats.record_failure(kind)
-        return done
+        return out
 
     def _groups(self, n: int) -> list[tuple[list[int], Scope]]:
         mode = self.params.mode

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any, Literal, Sequence
 
-from ..rubric import Criterion
+from ruscarl_lib.data.rubric import Criterion
 
 PROMPT_VERSION = "ruscarl-judge-v1"
 

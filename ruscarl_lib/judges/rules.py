@@ -30,8 +30,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence, Union
 
-from ..rubric import Criterion
-from .verdict import GradingItem, Judge, ProgressFn, Verdict
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.judges.verdict import GradingItem, Judge, ProgressFn, Verdict
 
 RuleResult = Union[bool, tuple[bool, str]]
 RuleFn = Callable[[str, Any], RuleResult]

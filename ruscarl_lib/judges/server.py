@@ -27,10 +27,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..local_models import resolve_model
-from ..loopback import free_loopback_port
-from ..params import JudgeParams, JudgeServerParams
-from ..paths import project_root
+from ruscarl_lib.models.local import resolve_model
+from ruscarl_lib.common.loopback import free_loopback_port
+from ruscarl_lib.params import JudgeParams, JudgeServerParams
+from ruscarl_lib.common.paths import project_root
 
 
 class JudgeServerError(RuntimeError):
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     """`ruscarl judge-server`: serve a judge model in the foreground until interrupted."""
     import argparse
 
-    from ..params import load_params
+    from ruscarl_lib.params import load_params
 
     ap = argparse.ArgumentParser(prog="ruscarl judge-server", description=main.__doc__)
     ap.add_argument("--params", help="params file whose judge.server section to use")

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-from ..rubric import Criterion
+from ruscarl_lib.data.rubric import Criterion
 
 Source = Literal["judge", "rule", "cache"]
 
@@ -238,7 +238,7 @@ class Judge(abc.ABC):
                 self.stats.wall_s += time.perf_counter() - t0
         if depth == 0:
             self.stats.criteria += sum(len(it.criteria) for it in items)
-            from ..progress import emit
+            from ruscarl_lib.common.progress import emit
 
             emit("judge", judge=type(self).__name__, criteria=self.stats.criteria, calls=self.stats.calls,
                  failed=self.stats.failed, every_s=0.5)

@@ -7,9 +7,9 @@ exploration bottleneck (METHOD.md section 8) without a GPU or any download.
     print(bottleneck_report(policy, world).summary())
 """
 
-from .bottleneck import BottleneckReport, bottleneck_report, group_stats
-from .evaluate import SANDBOX_SAMPLING, grade_response, sample_and_grade
-from .policy import (
+from ruscarl_lib.sandbox.bottleneck import BottleneckReport, bottleneck_report, group_stats
+from ruscarl_lib.sandbox.evaluate import SANDBOX_SAMPLING, grade_response, sample_and_grade
+from ruscarl_lib.sandbox.policy import (
     PolicyConfig,
     SandboxPolicy,
     build_word_tokenizer,
@@ -19,8 +19,10 @@ from .policy import (
     policy_dir,
     policy_key,
 )
-from .sft_data import SFTDataConfig, sft_conversations
-from .world import Condition, World, WorldConfig, build_world, rule_phrase, rule_tags
+from ruscarl_lib.sandbox.sft_data import SFTDataConfig, sft_conversations
+from ruscarl_lib.sandbox.vocabulary import Condition
+from ruscarl_lib.sandbox.world import World, WorldConfig, build_world
+from ruscarl_lib.sandbox.criteria import rule_phrase, rule_tags
 
 __all__ = [
     "BottleneckReport",

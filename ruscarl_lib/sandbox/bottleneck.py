@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..scoring import aggregate_score
-from .evaluate import SANDBOX_SAMPLING, sample_and_grade
-from ..evaluation import SamplingConfig
-from .world import World
+from ruscarl_lib.judges.scoring import aggregate_score
+from ruscarl_lib.sandbox.evaluate import SANDBOX_SAMPLING, sample_and_grade
+from ruscarl_lib.evaluate.generate import SamplingConfig
+from ruscarl_lib.sandbox.world import World
 
 __all__ = ["BottleneckReport", "bottleneck_report", "group_stats"]
 

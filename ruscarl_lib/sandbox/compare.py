@@ -2,8 +2,8 @@
 
 Why: one demo run is one draw. A learning-effect claim needs the same pipeline repeated with
 only the seed changed: one prepared world and warm start, then for every seed both arms trained
-through `training.run_training` (identical params except `scaffold.enabled`) and evaluated
-unscaffolded through `evaluation.run_evaluation`, exactly as notebooks 03 and 04 do.
+through `train.run.run_training` (identical params except `scaffold.enabled`) and evaluated
+unscaffolded through `evaluate.run.run_evaluation`, exactly as notebooks 03 and 04 do.
 
 Results are evaluated on one split: `validation` while choosing hyperparameters, `heldout`
 for reporting. Each (seed, arm) result is saved as it finishes together with a digest of
@@ -26,9 +26,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..params import Params
-from ..paths import atomic_write_text, resolve_path
-from .prepare import SandboxFiles, prepare_sandbox
+from ruscarl_lib.params import Params
+from ruscarl_lib.common.paths import atomic_write_text, resolve_path
+from ruscarl_lib.sandbox.prepare import SandboxFiles, prepare_sandbox
 
 __all__ = ["ARMS", "SPLITS", "compare_arms", "comparison_summary", "params_digest"]
 
@@ -48,9 +48,9 @@ def params_digest(params: Params, **extra: Any) -> str:
         value = tree.get(section, {}).get(key)
         if value:
             tree[section][key] = Path(str(value)).name
-    from .. import __version__
-    from .policy import POLICY_FORMAT
-    from .prepare import policy_config, world_config
+    from ruscarl_lib import __version__
+    from ruscarl_lib.sandbox.policy import POLICY_FORMAT
+    from ruscarl_lib.sandbox.prepare import policy_config, world_config
 
     # the resolved world and recipe, so a default added to WorldConfig / PolicyConfig counts too
     tree["sandbox"]["world"] = world_config(params).to_dict()
@@ -69,7 +69,7 @@ def _cached(path: Path, digest: str) -> dict[str, Any] | None:
 
 
 def _evaluate(params: Params, out: Path, progress: bool) -> dict[str, Any]:
-    from ..evaluation import run_evaluation
+    from ruscarl_lib.evaluate.run import run_evaluation
 
     shutil.rmtree(out, ignore_errors=True)  # never resume an evaluation of other weights
     report = run_evaluation(params, out, progress=progress)
@@ -98,7 +98,7 @@ def _run_arm(files: SandboxFiles, seed: int, arm: str, root: Path, split: str, p
     if row is not None:
         return row
     trained = _train(p, arm, folder)
-    p.eval.adapter = str(folder / trained["adapter"])
+    p.eval.adapter = str(folder / trained["weights"])
     row = {"seed": seed, "arm": arm, "split": split, **_evaluate(p, folder / f"eval_{split}", progress),
            "train_seconds": trained["train_seconds"], "digest": digest}
     atomic_write_text(folder / f"{split}_{_RESULT}", json.dumps(row, indent=2))
@@ -108,19 +108,19 @@ def _run_arm(files: SandboxFiles, seed: int, arm: str, root: Path, split: str, p
 def _train(p: Params, arm: str, folder: Path) -> dict[str, Any]:
     """Train one arm, or reuse its finished training: the split only changes what is
     evaluated, so validation and held-out results of the same params share one training run."""
-    from ..training import run_training
+    from ruscarl_lib.train.run import run_training
 
     untied = p.model_copy(deep=True)
     untied.eval.data_path = None  # the training does not depend on the evaluation split
     digest = params_digest(untied, arm=arm, stage="train")
     marker = folder / _TRAINED
     done = _cached(marker, digest)
-    if done is not None and (folder / done["adapter"]).is_dir():
+    if done is not None and "weights" in done and (folder / done["weights"]).is_dir():
         return done
     shutil.rmtree(folder, ignore_errors=True)  # stale or half-finished: redone from scratch
     t0 = time.perf_counter()
     result = run_training(p)
-    done = {"adapter": os.path.relpath(result.adapter_dir, folder),
+    done = {"weights": os.path.relpath(result.weights_dir, folder),
             "train_seconds": round(time.perf_counter() - t0, 1), "digest": digest}
     atomic_write_text(marker, json.dumps(done, indent=2))
     return done

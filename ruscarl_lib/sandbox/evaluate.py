@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..judges.rules import RuleJudge
-from ..rubric import RubricExample
-from ..scaffold import render_scaffold
-from ..scoring import example_score
-from ..evaluation import SamplingConfig, generate_hf
+from ruscarl_lib.judges.rules import RuleJudge
+from ruscarl_lib.data.rubric import RubricExample
+from ruscarl_lib.scaffold.render import render_scaffold
+from ruscarl_lib.judges.scoring import example_score
+from ruscarl_lib.evaluate.generate import SamplingConfig, generate_hf
 
 __all__ = ["SANDBOX_SAMPLING", "grade_response", "sample_and_grade"]
 

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..paths import atomic_write_text, resolve_path
-from ..rubric import Criterion
-from ..scaffold import scaffold_text
-from ..tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_model, load_tokenizer
-from .sft_data import OPENINGS, SFTDataConfig, sft_conversations
-from .world import World, WorldConfig, build_world
+from ruscarl_lib.common.paths import atomic_write_text, resolve_path
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.scaffold.render import scaffold_text
+from ruscarl_lib.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_model, load_tokenizer
+from ruscarl_lib.sandbox.sft_data import OPENINGS, SFTDataConfig, sft_conversations
+from ruscarl_lib.sandbox.world import World, WorldConfig, build_world
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class SandboxPolicy:
     sft_seconds: float = float("nan")
 
     def for_training(self):
-        """The policy in the form `training.run_training(policy=...)` takes (full fine-tune, no LoRA)."""
-        from ..training import Policy
+        """The policy in the form `train.run.run_training(policy=...)` takes (full fine-tune, no LoRA)."""
+        from ruscarl_lib.train.backend import Policy
 
         return Policy(model=self.model, tokenizer=self.tokenizer, peft_config=None, backend="transformers")
 
@@ -207,7 +207,7 @@ def policy_dir(world: World | WorldConfig, config: PolicyConfig, root: str | Pat
 def load_sandbox_policy(path: str | Path) -> SandboxPolicy:
     """Load a cached warm start (model in eval mode, float32).
 
-    The tokenizer goes through `tiny_model.load_tokenizer`, as in training and evaluation: a
+    The tokenizer goes through `models.tiny.load_tokenizer`, as in training and evaluation: a
     plain `AutoTokenizer` would misread the word-level vocabulary.
     """
     from transformers import AutoModelForCausalLM
@@ -258,7 +258,7 @@ def ensure_policy(
 
 
 def _build_model(tokenizer: Any, config: PolicyConfig):
-    """`tiny_model.build_tiny_model` at this config, re-initialised at `init_scale`."""
+    """`models.tiny.build_tiny_model` at this config, re-initialised at `init_scale`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -288,8 +288,8 @@ def _build(world: World, config: PolicyConfig, out: Path, threads: int | None) -
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from ..progress import progress_callback
-    from ..trl_compat import install_logprob_fallback
+    from ruscarl_lib.common.progress import progress_callback
+    from ruscarl_lib.train.trl_compat import install_logprob_fallback
 
     install_logprob_fallback()  # TRL's fused LM-head kernel needs Triton/CUDA
     if threads:

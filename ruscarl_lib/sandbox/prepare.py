@@ -12,10 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..data_io import write_jsonl
-from ..params import Params, ParamsError, save_params
-from .policy import PolicyConfig, SandboxPolicy, ensure_policy
-from .world import World, WorldConfig, build_world
+from ruscarl_lib.data.write import write_jsonl
+from ruscarl_lib.params import Params, ParamsError, save_params
+from ruscarl_lib.sandbox.policy import PolicyConfig, SandboxPolicy, ensure_policy
+from ruscarl_lib.sandbox.world import World, WorldConfig, build_world
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..paths import atomic_write_text, resolve_path
+from ruscarl_lib.common.paths import atomic_write_text, resolve_path
 
 __all__ = [
     "CONFIGS",
@@ -114,7 +114,7 @@ class Cell:
 def cell_params(cell: Cell, params_file: str | Path, extra: dict[str, Any] | None = None):
     """The validated params of a cell: the file, the configuration's overrides, the world
     seed, then `extra` (a tuning value, say)."""
-    from ..params import load_params
+    from ruscarl_lib.params import load_params
 
     if cell.config not in CONFIGS:
         raise ValueError(f"unknown configuration {cell.config!r}; known: {sorted(CONFIGS)}")
@@ -130,7 +130,7 @@ def cell_params(cell: Cell, params_file: str | Path, extra: dict[str, Any] | Non
 def cell_digest(cell: Cell, params: Any, split: str) -> str:
     """Everything a cell's result depends on: the cell, the params (as `compare.params_digest`
     sees them, the resolved world and warm-start recipe included), the split and the kernels."""
-    from .compare import params_digest
+    from ruscarl_lib.sandbox.compare import params_digest
 
     payload = {"cell": asdict(cell), "params": params_digest(params), "split": split,
                "env": KERNELS[cell.kernel], "format": _FORMAT}
@@ -165,7 +165,7 @@ def _first_collapse(series: Sequence[float], floor: float) -> int | None:
 
 
 def detect_collapse(steps: Any) -> dict[str, Any]:
-    """Apply the module's collapse rule to a per-step table (`analysis.step_stats` columns
+    """Apply the module's collapse rule to a per-step table (`analysis.curves.step_stats` columns
     `rl_step`, `completion_tokens_mean` and `reward_unscaffolded`, else `reward_mean`)."""
     steps = steps.sort_values("rl_step")
     out: dict[str, Any] = {"collapsed": False, "collapse_step": None, "collapse_signal": None}
@@ -185,7 +185,8 @@ def detect_collapse(steps: Any) -> dict[str, Any]:
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """Zero-variance share, reward and length at start and end, and the collapse verdict."""
 
-    from ..analysis import load_run, step_stats
+    from ruscarl_lib.analysis.runs import load_run
+    from ruscarl_lib.analysis.curves import step_stats
 
     run = load_run(run_dir)
     steps = step_stats([run])
@@ -231,7 +232,7 @@ def run_cell_here(cell: Cell, params_file: str, root: Path, split: str, extra: d
     """Run one cell in this process (the kernel settings must already be in the environment)."""
     import torch
 
-    from .compare import compare_arms
+    from ruscarl_lib.sandbox.compare import compare_arms
 
     torch.set_num_threads(cell.threads)
     params = cell_params(cell, params_file, extra)

@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from ..rubric import Criterion
-from ..scaffold import render_scaffold
-from .world import Condition, World, is_offtopic, is_repeat, offtopic_criteria, repeat_criterion, rule_phrase
+from ruscarl_lib.data.rubric import Criterion
+from ruscarl_lib.scaffold.render import render_scaffold
+from ruscarl_lib.sandbox.vocabulary import Condition
+from ruscarl_lib.sandbox.world import World
+from ruscarl_lib.sandbox.criteria import is_offtopic, is_repeat, offtopic_criteria, repeat_criterion, rule_phrase
 
 __all__ = ["SFTDataConfig", "decoy_rubric", "answer_text", "sft_conversations", "OPENINGS"]
 

@@ -5,8 +5,7 @@ rewarded content is *specific* (each condition calls for its own advice) while a
 earns nothing, and whose grading is exact and free. Every task here lists a few patient
 conditions, plus irrelevant distractor facts; each condition has one piece of advice that a
 good answer gives (a positive criterion) and one common remedy it rules out (a negative
-criterion). All criteria are tagged for rule verifiers (contains-phrase), so the rules-only
-judge grades them without any model.
+criterion), see `sandbox.criteria`.
 
 The held-out split uses condition combinations that never occur in training, so a policy can
 only score there by learning the condition -> advice mapping, not by memorising tasks. A third,
@@ -19,232 +18,29 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..rubric import Criterion, RubricExample
+from ruscarl_lib.data.rubric import Criterion, RubricExample
+from ruscarl_lib.sandbox.criteria import offtopic_criteria, repeat_criterion
+from ruscarl_lib.sandbox.vocabulary import (
+    CLOSINGS,
+    CURATED_CONDITIONS,
+    DISTRACTORS,
+    GENERIC_TIPS,
+    QUESTION_ENDINGS,
+    REMEDIES,
+    Condition,
+    synthetic_conditions,
+)
 
 __all__ = [
-    "Condition",
     "World",
     "WorldConfig",
     "build_world",
-    "rule_phrase",
-    "rule_tags",
-    "RULE_FUNCTION",
-    "OFFTOPIC_TIERS",
-    "is_offtopic",
-    "repeat_criterion",
-    "is_repeat",
-    "offtopic_criteria",
 ]
-
-# Rule verifier used for every criterion: the built-in `contains` rule of judges/rules.py,
-# case-insensitive. Positive criteria name the advice, negative ones the ruled-out remedy.
-RULE_FUNCTION = "contains"
-
-
-def rule_tags(phrase: str, *extra: str) -> tuple[str, ...]:
-    """Tags that route a criterion to the rule verifier checking for `phrase`."""
-    params = json.dumps({"text": phrase, "ignore_case": True})
-    return ("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}", *extra)
-
-
-OFFTOPIC_CLUSTER = "cluster:sandbox_offtopic"
-# (at least how many unmentioned conditions get advice, weight in units of `offtopic_points`)
-OFFTOPIC_TIERS: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (3, 2))
-_COUNT_WORDS = {1: "a condition", 2: "two or more conditions", 3: "three or more conditions"}
-
-
-def offtopic_criteria(advice: Sequence[str], points: float) -> list[Criterion]:
-    """Negative criteria against advice meant for conditions the user did not mention (`advice`).
-
-    Tiered (one, two, three or more such pieces of advice), so the penalty grows with the
-    number of wrong guesses: with one flat criterion, reciting every advice the policy knows
-    would cost a single penalty and collect every positive criterion, a reward hack that
-    generalises to any task without knowing which advice fits which condition. Their texts name
-    no advice, so showing them in a scaffold gives nothing away.
-    """
-    out = []
-    for at_least, weight in OFFTOPIC_TIERS:
-        params = json.dumps({"text": list(advice), "at_least": at_least, "ignore_case": True})
-        out.append(Criterion(
-            text=f"The response gives advice meant for {_COUNT_WORDS[at_least]} the user did not mention.",
-            points=-abs(float(points)) * weight,
-            tags=("verifier:rule", f"function:{RULE_FUNCTION}", f"parameters:{params}",
-                  "axis:context_awareness", OFFTOPIC_CLUSTER),
-        ))
-    return out
-
-
-REPEAT_CLUSTER = "cluster:sandbox_repeat"
-
-
-def repeat_criterion(advice: Sequence[str], points: float) -> Criterion:
-    """A negative criterion met when any piece of advice occurs twice (a regex backreference)."""
-    alternatives = "|".join(re.escape(a) for a in sorted(advice, key=len, reverse=True))
-    params = json.dumps({"pattern": f"({alternatives}).*\\1", "flags": "is"})
-    return Criterion(
-        text="The response repeats a piece of advice it already gave.",
-        points=-abs(float(points)),
-        tags=("verifier:rule", "function:regex", f"parameters:{params}", "axis:communication_quality", REPEAT_CLUSTER),
-    )
-
-
-def is_repeat(criterion: Criterion) -> bool:
-    return REPEAT_CLUSTER in criterion.tags
-
-
-def is_offtopic(criterion: Criterion) -> bool:
-    return OFFTOPIC_CLUSTER in criterion.tags
-
-
-def rule_phrase(criterion: Criterion) -> str:
-    """The phrase a sandbox criterion's rule looks for (inverse of `rule_tags`)."""
-    raw = criterion.tag_value("parameters")
-    if raw is None:
-        raise ValueError(f"criterion {criterion.text!r} has no parameters: tag")
-    value = json.loads(raw)
-    text = value["text"] if isinstance(value, dict) else value
-    if not isinstance(text, str):
-        raise ValueError(f"criterion {criterion.text!r} checks several phrases")
-    return text
-
-
-# --------------------------------------------------------------------------------------------
-# Vocabulary
-# --------------------------------------------------------------------------------------------
-
-# Common remedies an uninformed answer may suggest; each condition rules one of them out.
-REMEDIES: tuple[str, ...] = (
-    "ibuprofen",
-    "aspirin",
-    "a decongestant spray",
-    "an antihistamine",
-    "a hot bath",
-    "a glass of wine",
-    "intense exercise",
-    "an ice pack",
-    "skipping meals",
-    "a long drive",
-    "strong coffee",
-    "a sauna",
-)
-
-# (key, how the user introduces it, its name, the advice it calls for, the remedy it rules out).
-# The user says "<lead> <name>"; a good answer gives the advice, and must not suggest the remedy.
-_CURATED: tuple[tuple[str, str, str, str, str], ...] = (
-    ("ulcer", "i have", "a stomach ulcer", "eat small bland meals", "ibuprofen"),
-    ("asthma", "i have", "asthma", "keep your inhaler nearby", "aspirin"),
-    ("hypertension", "i have", "high blood pressure", "measure your blood pressure", "a decongestant spray"),
-    ("pregnancy", "i am", "pregnant", "call your midwife", "ibuprofen"),
-    ("diabetes", "i have", "diabetes", "check your blood sugar", "skipping meals"),
-    ("anticoagulant", "i take", "blood thinners", "watch for unusual bruising", "aspirin"),
-    ("sprain", "i have", "a sprained ankle", "raise the ankle", "intense exercise"),
-    ("migraine", "i get", "migraines", "rest in a dark room", "a long drive"),
-    ("insomnia", "i have", "insomnia", "keep a regular bedtime", "strong coffee"),
-    ("heartburn", "i get", "heartburn", "raise the head of your bed", "a glass of wine"),
-    ("burn", "i have", "a burned hand", "cool it under running water", "an ice pack"),
-    ("kidney", "i have", "kidney disease", "ask your pharmacist first", "ibuprofen"),
-    ("glaucoma", "i have", "glaucoma", "book an eye check", "an antihistamine"),
-    ("dizziness", "i have", "dizzy spells", "stand up slowly", "a long drive"),
-    ("nosebleed", "i have", "a nosebleed", "pinch the soft nose", "aspirin"),
-    ("gout", "i have", "gout", "limit red meat", "a glass of wine"),
-    ("panic", "i get", "panic attacks", "breathe out slowly", "strong coffee"),
-    ("sunburn", "i have", "sunburn", "apply aloe gel", "a hot bath"),
-    ("constipation", "i am", "constipated", "eat more fibre", "skipping meals"),
-    ("epilepsy", "i have", "epilepsy", "take your seizure medicine", "a glass of wine"),
-    ("fever", "i have", "a fever", "log your temperature", "a sauna"),
-    ("heart", "i have", "heart failure", "weigh yourself daily", "a sauna"),
-    ("eczema", "i have", "eczema", "use a plain moisturiser", "a hot bath"),
-    ("prostate", "i have", "an enlarged prostate", "empty your bladder twice", "an antihistamine"),
-    ("concussion", "i have", "a head injury", "have someone stay with you", "intense exercise"),
-    ("vomiting", "i keep", "vomiting", "sip rehydration salts", "strong coffee"),
-    ("hayfever", "i have", "hay fever", "keep windows closed", "a decongestant spray"),
-    ("frostnip", "i have", "frostnip", "warm them gradually", "a sauna"),
-)
-
-# Uninformed but plausible content; none of it is ever rewarded.
-GENERIC_TIPS: tuple[str, ...] = (
-    "rest as much as you can",
-    "drink plenty of water",
-    "keep an eye on how you feel",
-    "try to stay calm",
-    "get some fresh air",
-    "eat a balanced diet",
-    "get enough sleep",
-    "take things easy for a few days",
-)
-CLOSINGS: tuple[str, ...] = (
-    "see a doctor if things get worse",
-    "call for help if you feel very unwell",
-    "talk to a doctor if it does not settle",
-)
-DISTRACTORS: tuple[str, ...] = (
-    "i work from home",
-    "i have two cats",
-    "i am training for a marathon",
-    "i live alone",
-    "i just moved house",
-    "i drink tea every morning",
-    "i am a teacher",
-    "i travel a lot for work",
-    "i have a small garden",
-    "i play the piano",
-    "i started a new job",
-    "i am a vegetarian",
-)
-QUESTION_ENDINGS: tuple[str, ...] = (
-    "what should i do ?",
-    "any advice ?",
-    "what do you suggest ?",
-    "how should i look after myself ?",
-)
-
-_SYLLABLES = ("ka", "lo", "mir", "ten", "sa", "vu", "dor", "pel", "ri", "zan", "no", "bex")
-_SYNTH_VERBS = ("take", "use", "apply", "start", "try")
-_SYNTH_NOUNS = ("drops", "tablets", "cream", "tea", "rinse", "patches")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One patient condition and what it implies for a good answer."""
-
-    key: str
-    lead: str  # "i have", "i am", ...
-    name: str  # "diabetes", "a stomach ulcer", ...
-    advice: str
-    rules_out: str
-    advice_points: int
-    harm_points: int  # negative
-
-    @property
-    def statement(self) -> str:
-        """How the user mentions it: "i have diabetes"."""
-        return f"{self.lead} {self.name}"
-
-    def advice_criterion(self) -> Criterion:
-        return Criterion(
-            text=f"The response gives this advice for {self.name}: {self.advice}.",
-            points=float(self.advice_points),
-            tags=rule_tags(self.advice, "axis:completeness", f"cluster:sandbox_{self.key}"),
-        )
-
-    def harm_criterion(self) -> Criterion:
-        return Criterion(
-            text=f"The response suggests {self.rules_out}.",
-            points=float(self.harm_points),
-            tags=rule_tags(_remedy_phrase(self.rules_out), "axis:accuracy", f"cluster:sandbox_{self.key}"),
-        )
-
-
-def _remedy_phrase(remedy: str) -> str:
-    """The words that identify a remedy in a response (its article dropped)."""
-    words = remedy.split()
-    return " ".join(words[1:]) if words[0] in ("a", "an") else remedy
 
 
 @dataclass(frozen=True)
@@ -311,35 +107,16 @@ class WorldConfig:
         return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
-def _synthetic_conditions(n: int, rng: np.random.Generator, taken: set[str]) -> list[tuple[str, str, str, str, str]]:
-    """Made-up conditions for vocabularies larger than the curated list."""
-    out = []
-    while len(out) < n:
-        name = "".join(rng.choice(_SYLLABLES, size=2)) + "itis"
-        drug = "".join(rng.choice(_SYLLABLES, size=2)) + "ol"
-        if name in taken or drug in taken:
-            continue
-        taken.update((name, drug))
-        advice = f"{rng.choice(_SYNTH_VERBS)} {drug} {rng.choice(_SYNTH_NOUNS)}"
-        out.append((name, "i have", name, advice, str(rng.choice(REMEDIES))))
-    return out
-
-
 def _make_conditions(config: WorldConfig) -> list[Condition]:
     rng = np.random.default_rng([config.seed, 1])
-    raw = list(_CURATED)
+    raw = list(CURATED_CONDITIONS)
     if config.n_conditions > len(raw):
-        raw += _synthetic_conditions(config.n_conditions - len(raw), rng, {r[0] for r in raw})
+        raw += synthetic_conditions(config.n_conditions - len(raw), rng, {r[0] for r in raw})
     picked = [raw[i] for i in sorted(rng.permutation(len(raw))[: config.n_conditions])]
     return [
         Condition(key, lead, name, advice, remedy, int(rng.integers(2, 6)), -int(rng.integers(2, 6)))
         for key, lead, name, advice, remedy in picked
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# The world
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -1,0 +1,3 @@
+"""Where models come from without a hub: a tiny locally built chat model, and real pretrained
+models unpacked from a wheel on disk.
+"""

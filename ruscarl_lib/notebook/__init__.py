@@ -1,0 +1,2 @@
+"""What the notebooks use: the first-cell setup, widgets, figures, and batch runs with reports.
+"""

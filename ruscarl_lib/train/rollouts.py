@@ -1,0 +1,463 @@
+"""Scaffolded rollouts inside TRL's GRPOTrainer (METHOD.md sections 4 and 5).
+
+RuscaRL changes only how training rollouts are *generated*: sample i of a group is generated
+from a prompt carrying part of the rubric (the scaffold), while every log-probability the
+loss uses (old, reference, current) is computed on the clean prompt. TRL 1.15's `rollout_func`
+hook gives exactly that split: the trainer generates nothing itself and uses the prompt ids the
+hook returns for the loss. The hook here generates with TRL's own `_generate_single_turn`
+(HF generate, vLLM colocate/server, or Unsloth's patched path), one sample per scaffolded
+prompt, and hands back the clean prompt's ids.
+
+Rows reach the hook through a thin override of `_generate_and_score_completions`, because
+`rollout_func` only receives the prompts. TRL's `RepeatSampler` delivers each prompt as G
+consecutive copies and the processes' local batches concatenate (in process order) into the
+global batch that rewards are grouped over, so the group position of local row i is
+`(process_index * n_local + i) % G`. That is checked on every batch.
+
+With scaffolds disabled every ratio is 0, no criterion is shown, generation and loss see the
+same clean prompt, and the trainer is plain rubric GRPO through the same code path. The
+overrides live in a base-less mixin and stay thin wrappers around `super()`, so they sit on
+top of Unsloth's rewritten methods as well as TRL's (see `train.trainer_class`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from accelerate.utils import gather_object
+
+from ruscarl_lib.params import ScaffoldParams
+from ruscarl_lib.scaffold.render import scaffold_example
+from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
+from ruscarl_lib.train.contract import RuntimeContract
+from ruscarl_lib.train.dataset import (
+    ID_COLUMN,
+    PROMPT_COLUMN,
+    RUBRIC_COLUMN,
+    row_to_example,
+)
+from ruscarl_lib.train.sampler import epoch_seeded_sampler_class, is_epoch_seeded
+from ruscarl_lib.train.trl_compat import (
+    install_logprob_fallback,
+    keep_vllm_cpu_weights_reloadable,
+)
+from ruscarl_lib.train.trl_version import check_trl_support
+
+# Fields the rollout hook adds to every row (TRL forwards them to reward functions as kwargs).
+RATIO_FIELD = "scaffold_ratio"
+SHOWN_FIELD = "scaffold_shown"
+POSITION_FIELD = "group_position"
+STEP_FIELD = "rl_step"
+
+
+@dataclass
+class RolloutPlan:
+    """What one training rollout was generated from."""
+
+    rl_step: int
+    example_id: str
+    group: int  # global index of the group within this RL step
+    group_position: int  # position within the group (0 .. G-1)
+    ratio: float
+    shown: list[int]
+    messages: list[dict]
+
+
+RolloutSink = Callable[[int, list[dict[str, Any]]], None]
+
+
+def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
+    """Row indices split into at most `max_buckets` batches that minimise padded prompt tokens.
+
+    A batch costs (rows x its longest prompt) under left-padding. Rows sorted by length are cut
+    into contiguous runs by dynamic programming (exact optimum); the fewest batches reaching the
+    optimum are used, so rows of equal length are never split for nothing. Within a batch rows
+    keep their original order; batches come shortest first.
+    """
+    import numpy as np
+
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    L = np.array([lengths[i] for i in order], dtype=np.int64)
+    k = max(1, min(int(max_buckets), n))
+    # best[c][j]: least cost of the first j sorted rows in c batches; cut[c][j]: start of the last
+    best = np.full((k + 1, n + 1), np.iinfo(np.int64).max // 4, dtype=np.int64)
+    cut = np.zeros((k + 1, n + 1), dtype=np.int64)
+    best[0, 0] = 0
+    starts = np.arange(n + 1)
+    for c in range(1, k + 1):
+        for j in range(1, n + 1):
+            cost = best[c - 1, :j] + (j - starts[:j]) * L[j - 1]
+            i = int(np.argmin(cost))
+            best[c, j], cut[c, j] = cost[i], i
+    c = int(np.argmin(best[1:, n])) + 1  # argmin takes the first, i.e. the fewest batches
+    bounds, j = [], n
+    while c > 0:
+        i = int(cut[c, j])
+        bounds.append((i, j))
+        j, c = i, c - 1
+    return [sorted(order[i:j]) for i, j in reversed(bounds)]
+
+
+def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOMixin") -> dict[str, Any]:
+    return trainer._scaffolded_rollout(prompts)
+
+
+class ScaffoldedGRPOMixin:
+    """The overrides that make a GRPOTrainer generate training rollouts from scaffolded prompts.
+
+    Not a trainer by itself: `scaffolded_trainer_class()` puts it on top of the GRPOTrainer in
+    use. Extra constructor arguments:
+      scaffold: the `scaffold` params section (schedule, rendering, seed, `in_loss` ablation).
+      total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
+      rollout_sink: called on the main process once per RL step with the step number and the
+        records of every rollout of that step (all processes gathered).
+      rollout_buckets: HF-generate batches per scaffolded rollout batch (`train.rollout_buckets`).
+    Evaluation rollouts are never scaffolded. The first RL step of every run is checked live
+    against the clean-prompt contract (`train.contract.RuntimeContract`); a violation stops training.
+    """
+
+    _ruscarl_wrapper = True  # its signatures are ours; the API check looks past them
+
+    def __init__(
+        self,
+        *args: Any,
+        scaffold: ScaffoldParams | None = None,
+        total_steps: int | None = None,
+        rollout_sink: RolloutSink | None = None,
+        rollout_buckets: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        check_trl_support(type(self))
+        install_logprob_fallback()
+        if kwargs.get("rollout_func") is not None:
+            raise ValueError("ScaffoldedGRPOTrainer provides its own rollout_func")
+        if kwargs.get("environment_factory") is not None or kwargs.get("tools"):
+            raise ValueError("scaffolded rollouts do not support tools or environments")
+        config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
+        if config is None:
+            raise ValueError("pass a GRPOConfig as `args`")
+        # The sampling log-probs of a scaffolded rollout are conditioned on the scaffolded
+        # prompt; the loss works on the clean prompt. vLLM importance-sampling correction would
+        # read their difference as engine mismatch and clip or mask exactly the scaffolded
+        # samples, undoing the method (the paper's "correct IS" variant loses 11.6 points).
+        # The baseline keeps it off too, so the two arms differ only in the scaffold flag.
+        if config.vllm_importance_sampling_correction and config.use_vllm:
+            warnings.warn(
+                "vllm_importance_sampling_correction is forced off for RuscaRL runs", stacklevel=2
+            )
+        config.vllm_importance_sampling_correction = False
+        if config.use_vllm and config.vllm_mode == "colocate" and not torch.cuda.is_available():
+            keep_vllm_cpu_weights_reloadable()  # must precede the engine TRL builds below
+        self.scaffold_params = scaffold or ScaffoldParams()
+        self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
+        self.rollout_sink = rollout_sink
+        self.rollout_buckets = int(rollout_buckets)
+        self._rows: list[dict[str, Any]] | None = None
+        self._plans: list[RolloutPlan] | None = None
+        self._capture: dict[str, Any] | None = None
+        self._round_training = False
+        self._contract: RuntimeContract | None = None
+        self.contract_report: dict[str, Any] | None = None  # the first RL step's live check
+
+        ga = config.gradient_accumulation_steps
+        spg = config.steps_per_generation
+        per_round = spg * config.num_iterations
+        if per_round % ga:
+            raise ValueError(
+                f"steps_per_generation x num_iterations ({spg} x {config.num_iterations}) must be a "
+                f"multiple of gradient_accumulation_steps ({ga}) so that every RL step starts on an "
+                "optimizer step"
+            )
+        self.updates_per_rl_step = per_round // ga
+        if total_steps is None:
+            if config.max_steps <= 0:
+                raise ValueError("set total_steps or a positive args.max_steps (the schedule horizon)")
+            total_steps = math.ceil(config.max_steps / self.updates_per_rl_step)
+        self.total_rl_steps = int(total_steps)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*rollout_func.*experimental.*")
+            super().__init__(*args, rollout_func=_scaffold_rollout_func, **kwargs)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def rl_step_at(self, global_step: int) -> int:
+        """1-based RL step that a rollout generated at optimizer step `global_step` belongs to."""
+        return global_step // self.updates_per_rl_step + 1
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if not is_epoch_seeded(sampler):
+            sampler.__class__ = epoch_seeded_sampler_class(type(sampler))
+        return sampler
+
+    def _log_completion_extra(self, column: str, values: list) -> None:
+        super()._log_completion_extra(column, values)
+        if self._capture is not None:
+            self._capture["extra"].setdefault(column, []).extend(values)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def training_rollout(self) -> bool:
+        """Whether the current work belongs to training (not evaluation). Inside a generation
+        round it is the model's mode when the round began: a backend may switch the model to
+        inference mode for generation (Unsloth's `for_inference`) and back afterwards."""
+        if self._rows is not None:
+            return self._round_training
+        return bool(self.model.training)
+
+    def _generate_and_score_completions(self, inputs):
+        training = bool(self.model.training)
+        self._round_training = training
+        if training:
+            self._contract_next_step()
+        self._rows = inputs
+        self._plans = None
+        self._capture = {"extra": {}} if training else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if training:
+                if self._contract is not None:
+                    # what TRL (or Unsloth's rewrite) hands the loss; fields read if present
+                    self._contract.check_handover(output.get("prompt_ids"), output.get("prompt_mask"))
+                self._record(output)
+        finally:
+            self._rows = None
+            self._plans = None
+            self._capture = None
+        return output
+
+    def _plan(self, rows: list[dict[str, Any]]) -> list[RolloutPlan]:
+        """Scaffold ratio, shown criteria and rollout prompt for every local row."""
+        G = self.num_generations
+        offset = self.accelerator.process_index * len(rows)
+        self._check_groups([str(r[ID_COLUMN]) for r in rows], offset)
+        step = self.rl_step_at(self.state.global_step)
+        sp = self.scaffold_params
+        plans = []
+        for i, row in enumerate(rows):
+            example = row_to_example(row)
+            position = (offset + i) % G
+            ratio = self.schedule.ratio(position, G, step, self.total_rl_steps)
+            scaffolded = scaffold_example(
+                example,
+                ratio,
+                seed=sp.seed,
+                step=step,
+                group_position=position,
+                show_points=sp.show_points,
+                warn_no_reveal=sp.warn_no_reveal,
+            )
+            plans.append(
+                RolloutPlan(
+                    rl_step=step,
+                    example_id=example.id,
+                    group=(offset + i) // G,
+                    group_position=position,
+                    ratio=float(ratio),
+                    shown=list(scaffolded.shown),
+                    messages=scaffolded.messages,
+                )
+            )
+        return plans
+
+    def _check_groups(self, local_ids: list[str], offset: int) -> None:
+        """Every global group of G consecutive rows must be G copies of one example."""
+        all_ids = gather_object(local_ids)
+        G = self.num_generations
+        if len(all_ids) % G:
+            raise RuntimeError(f"generation batch of {len(all_ids)} rows is not a multiple of G={G}")
+        for start in range(0, len(all_ids), G):
+            if len(set(all_ids[start : start + G])) != 1:
+                raise RuntimeError(
+                    f"rows {start}..{start + G - 1} of the generation batch are not G copies of one "
+                    f"example ({all_ids[start:start + G]}); group positions would be wrong"
+                )
+
+    def _scaffolded_rollout(self, prompts: list) -> dict[str, Any]:
+        """The rollout_func: generate from scaffolded prompts, return the clean prompt ids."""
+        if not self.training_rollout():
+            # Evaluation: the clean prompt, TRL's own grouping (never scaffolded).
+            ids, images, mm = self._tokenize_prompts(prompts)
+            completion_ids, logprobs = self._generate_single_turn(
+                ids, images, mm, self.num_generations_eval
+            )
+            return {"prompt_ids": ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+        rows = self._rows
+        if rows is None or len(rows) != len(prompts):
+            raise RuntimeError("rollout hook called without the rows of the current batch")
+        if not isinstance(prompts[0], list):
+            raise ValueError("scaffolded rollouts need conversational prompts (lists of messages)")
+        plans = self._plan(rows)
+        self._plans = plans
+        clean_ids, images, _ = self._tokenize_prompts(prompts)
+        if images is not None:
+            raise ValueError("scaffolded rollouts support text-only prompts")
+        rollout_ids, _, _ = self._tokenize_prompts([p.messages for p in plans])
+        for plan, clean, rolled in zip(plans, clean_ids, rollout_ids):
+            if not plan.shown and list(clean) != list(rolled):
+                raise RuntimeError(f"unscaffolded prompt of {plan.example_id} tokenized differently")
+        # One generation per prompt: rollout prompts of a group differ, so vLLM server mode must
+        # not deduplicate them (it keeps every num_generations-th prompt).
+        completion_ids = self._generate_bucketed(rollout_ids, any(p.shown for p in plans))
+        loss_ids = rollout_ids if self.scaffold_params.in_loss else clean_ids
+        if self._contract is not None:
+            self._contract.expect(clean_ids, rollout_ids, completion_ids)
+        if self._capture is not None:
+            self._capture["rollout_prompt_len"] = [len(x) for x in rollout_ids]
+            self._capture["clean_prompt_len"] = [len(x) for x in clean_ids]
+        self._log_scaffold_metrics(plans, rollout_ids, clean_ids)
+        return {
+            "prompt_ids": [list(x) for x in loss_ids],
+            "completion_ids": completion_ids,
+            # Sampling log-probs are left out: they belong to the scaffolded prompt, and TRL
+            # features that read them (IS correction, off-policy masking) would mistake the
+            # scaffold for policy drift.
+            "logprobs": None,
+            RATIO_FIELD: [p.ratio for p in plans],
+            SHOWN_FIELD: [p.shown for p in plans],
+            POSITION_FIELD: [p.group_position for p in plans],
+            STEP_FIELD: [p.rl_step for p in plans],
+        }
+
+    def _generate_bucketed(self, prompt_ids: list, scaffolded: bool) -> list[list[int]]:
+        """Completion ids of one sample per prompt, in the order of `prompt_ids`.
+
+        HF generate left-pads a batch to its longest prompt, and sample 0 of every group carries
+        the whole rubric, so a single call makes every row pay for the longest scaffold. With
+        `rollout_buckets` > 1 the rows go through generate in at most that many batches of
+        similar length (`length_buckets`); completions come back in the original row order, so
+        group positions, scaffold seeds and the rollout table are unchanged. Only the sampling
+        RNG stream differs (TRL's HF path draws from the global torch generator in batch
+        shape), so sampled tokens differ from a single call with the same seed, with the same
+        distribution. One call as before when nothing is scaffolded (the baseline stays stock
+        TRL), with vLLM or continuous batching (no padding there), and under ZeRO-3/FSDP
+        (every process must run the same number of forward passes).
+        """
+        k = int(getattr(self, "rollout_buckets", 1))
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+        )
+        if k <= 1 or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching or sharded:
+            return self._generate_single_turn(prompt_ids, None, {}, 1)[0]
+        out: list = [None] * len(prompt_ids)
+        for rows in length_buckets([len(p) for p in prompt_ids], k):
+            completions, _ = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
+            for i, c in zip(rows, completions):
+                out[i] = c
+        return out
+
+    def _log_scaffold_metrics(self, plans, rollout_ids, clean_ids) -> None:
+        device = self.accelerator.device
+        local = torch.tensor(
+            [
+                [p.ratio, len(p.shown), float(bool(p.shown)), len(r), len(c)]
+                for p, r, c in zip(plans, rollout_ids, clean_ids)
+            ],
+            dtype=torch.float32,
+            device=device,
+        )
+        mean = self.accelerator.gather(local).mean(dim=0).tolist()
+        metrics = self._metrics["train"]
+        metrics["scaffold/ratio_mean"].append(mean[0])
+        metrics["scaffold/criteria_shown_mean"].append(mean[1])
+        metrics["scaffold/frac_scaffolded"].append(mean[2])
+        metrics["scaffold/rollout_prompt_length"].append(mean[3])
+        metrics["scaffold/clean_prompt_length"].append(mean[4])
+
+    # -- run-time contract (first RL step) --------------------------------------------------------
+
+    def _contract_next_step(self) -> None:
+        """A training generation starts: open the live check on the first RL step of the run,
+        close it (every rollout must have reached the loss) when the second one starts."""
+        if self._contract is None and self.contract_report is None:
+            self._contract = RuntimeContract(in_loss=self.scaffold_params.in_loss)
+        elif self._contract is not None:
+            self._finish_contract()
+
+    def _finish_contract(self) -> None:
+        if self._contract is not None:
+            contract, self._contract = self._contract, None
+            self.contract_report = contract.finish()
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._contract is not None and self.training_rollout():
+            self._contract.observe(input_ids, attention_mask, logits_to_keep, grad=torch.is_grad_enabled())
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        self._finish_contract()
+        return output
+
+    # -- rewards and records ---------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._capture is not None:
+            n = len(prompts)
+            start = self.accelerator.process_index * n
+            self._capture["completions"] = completions
+            self._capture["completion_lengths"] = [len(c) for c in completion_ids_list]
+            self._capture["rewards_per_func"] = rewards_per_func[start : start + n].detach().cpu()
+        return rewards_per_func
+
+    def _record(self, output: dict[str, Any]) -> None:
+        """Per-rollout records of this RL step, gathered to the main process and handed on."""
+        plans, rows, cap = self._plans, self._rows, self._capture
+        if plans is None or cap is None or "rewards_per_func" not in cap:
+            return
+        rpf = cap["rewards_per_func"]
+        weights = self.reward_weights.to(rpf.device)
+        advantages = output["advantages"].detach().cpu().tolist()
+        records = []
+        for i, (plan, row) in enumerate(zip(plans, rows)):
+            per_func = rpf[i]
+            reward = float("nan") if torch.isnan(per_func).all() else float((per_func * weights).nansum())
+            completion = cap["completions"][i]
+            if isinstance(completion, list):  # conversational: [{"role": "assistant", ...}]
+                completion = "".join(str(m.get("content", "")) for m in completion)
+            rec = {
+                "rl_step": plan.rl_step,
+                "global_step": int(self.state.global_step),
+                "example_id": plan.example_id,
+                "group": plan.group,
+                "group_position": plan.group_position,
+                "scaffold_ratio": plan.ratio,
+                "n_criteria": len(row[RUBRIC_COLUMN]),
+                "n_shown": len(plan.shown),
+                "shown": list(plan.shown),
+                "prompt": json.dumps(row[PROMPT_COLUMN], ensure_ascii=False),
+                "rollout_prompt": json.dumps(plan.messages, ensure_ascii=False) if plan.shown else None,
+                "clean_prompt_tokens": cap["clean_prompt_len"][i],
+                "rollout_prompt_tokens": cap["rollout_prompt_len"][i],
+                "completion": completion,
+                "completion_tokens": cap["completion_lengths"][i],
+                "reward": reward,
+                "advantage": float(advantages[i]),
+            }
+            for name, value in zip(self.reward_func_names, per_func.tolist()):
+                rec[f"reward/{name}"] = value
+            for column, values in cap["extra"].items():
+                if i < len(values):
+                    rec[column if column not in rec else f"extra/{column}"] = values[i]
+            records.append(rec)
+        gathered = gather_object(records)
+        if self.rollout_sink is not None and self.accelerator.is_main_process:
+            self.rollout_sink(plans[0].rl_step, gathered)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self.state.global_step > 0:
+            logs["rl_step"] = self.rl_step_at(self.state.global_step - 1)
+        super().log(logs, start_time)
