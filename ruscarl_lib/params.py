@@ -240,6 +240,12 @@ class TrainParams(_Section):
     )
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = False
+    overlong_buffer: int = Field(
+        0, ge=0,
+        description="DAPO's soft overlong punishment: completions longer than max_completion_length "
+        "minus this many tokens lose reward linearly, up to `overlong_penalty` at the cap; 0: off.",
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Reward lost by a completion at the length cap.")
     # Sampling
     max_prompt_length: int = Field(
         2048, ge=1, description="Clean prompts longer than this are dropped before training."
@@ -292,6 +298,13 @@ class TrainParams(_Section):
     report_to: str = Field("none", description="TRL/transformers report_to (none, wandb, ...).")
     shuffle: bool = True
     seed: int | None = Field(None, description="Training seed; None: the top-level `seed`.")
+
+    @model_validator(mode="after")
+    def _check_overlong_buffer(self) -> "TrainParams":
+        if self.overlong_buffer >= self.max_completion_length:
+            raise ValueError(f"overlong_buffer={self.overlong_buffer} must be below "
+                             f"max_completion_length={self.max_completion_length}")
+        return self
 
 
 class EvalParams(_Section):

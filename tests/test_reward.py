@@ -200,3 +200,25 @@ def test_through_trl_calculate_rewards(server):
         asyncio.run_coroutine_threadsafe(reward.judge.aclose(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
+
+
+def test_overlong_penalty_is_dapo_soft_punishment():
+    """Zero up to cap - buffer, then linear to -penalty at the cap; truncated answers get the full penalty."""
+    from ruscarl_lib.params import TrainParams
+    from ruscarl_lib.train.reward import OverlongPenalty, with_length_penalty
+
+    pen = OverlongPenalty(max_length=48, buffer=16, penalty=0.5)
+    assert [pen.value(n) for n in (1, 32, 36, 40, 48)] == [0.0, 0.0, -0.125, -0.25, -0.5]
+    assert pen([None] * 2, ["a", "b"], completion_ids=[[1] * 10, [1] * 48]) == [0.0, -0.5]
+    assert pen.__name__ == "overlong_penalty"
+    with pytest.raises(ValueError, match="overlong buffer"):
+        OverlongPenalty(max_length=48, buffer=48)
+
+    def rubric(**kw):
+        return []
+
+    assert with_length_penalty([rubric], TrainParams(max_completion_length=48)) == [rubric]
+    funcs = with_length_penalty([rubric], TrainParams(max_completion_length=48, overlong_buffer=16))
+    assert funcs[0] is rubric and isinstance(funcs[1], OverlongPenalty) and funcs[1].buffer == 16
+    with pytest.raises(ValueError, match="overlong_buffer=48 must be below"):
+        TrainParams(max_completion_length=48, overlong_buffer=48)

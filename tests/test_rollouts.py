@@ -243,6 +243,27 @@ def test_default_rubric_reward_end_to_end(model_dir, tmp_path):
     assert any(c.startswith("judge/") for c in m.columns)
 
 
+def test_overlong_penalty_joins_the_rubric_reward(model_dir, tmp_path):
+    """`train.overlong_buffer`: a second reward column, the length penalty of each rollout, added
+    to the rubric reward before the advantages."""
+    from ruscarl_lib.train.reward import OverlongPenalty
+
+    params = tiny_params(model_dir, tmp_path, "overlong", max_steps=1)
+    tp = params.train.model_copy(update={"overlong_buffer": params.train.max_completion_length - 1})
+    params = params.model_copy(update={"judge": params.judge.model_copy(update={"kind": "rule"}), "train": tp})
+    df = read_rollouts(run_training(params, train_examples=rule_examples(4)).run_dir)
+    pen = OverlongPenalty(tp.max_completion_length, tp.overlong_buffer, tp.overlong_penalty)
+    assert df["reward/overlong_penalty"].tolist() == pytest.approx([pen.value(n) for n in df.completion_tokens])
+    assert (df["reward/overlong_penalty"] < 0).any()
+    rubric = [c for c in df.columns if c.startswith("reward/") and c != "reward/overlong_penalty"]
+    assert len(rubric) == 1
+    assert df.reward.tolist() == pytest.approx((df[rubric[0]] + df["reward/overlong_penalty"]).tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# Baseline = same path with the flag off = stock TRL
+# --------------------------------------------------------------------------------------------
+
 
 def test_scaffolds_off_is_stock_grpo(model_dir, tmp_path):
     from trl import GRPOTrainer

@@ -313,6 +313,40 @@ def rubric_reward(params: JudgeParams, **kwargs: Any) -> RubricReward:
     return RubricReward(params, **kwargs)
 
 
+class OverlongPenalty:
+    """DAPO's soft overlong punishment (Yu et al. 2025) as a TRL reward function.
+
+    Why: a rubric rewards content, so nothing in it stops an answer from growing a tail of
+    filler; masking truncated answers (`mask_truncated_completions`) then removes the only
+    signal against reaching the cap. This term costs nothing up to `max_length - buffer` tokens
+    and falls linearly to `-penalty` at the cap, so answers drifting longer are pushed back before
+    they are cut. It is a second reward function: TRL adds it to the rubric reward before the
+    group advantages, and the rollout table keeps both columns.
+    """
+
+    def __init__(self, max_length: int, buffer: int, penalty: float = 1.0) -> None:
+        if not 0 < buffer < max_length:
+            raise ValueError(f"overlong buffer must lie in (0, {max_length}), got {buffer}")
+        self.max_length, self.buffer, self.penalty = int(max_length), int(buffer), float(penalty)
+        self.__name__ = "overlong_penalty"  # TRL names the reward column after this
+
+    def value(self, n_tokens: int) -> float:
+        over = n_tokens - (self.max_length - self.buffer)
+        return 0.0 if over <= 0 else -self.penalty * min(1.0, over / self.buffer)
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]],
+                 **kwargs: Any) -> list[float]:
+        return [self.value(len(ids)) for ids in completion_ids]
+
+
+def with_length_penalty(reward_funcs: Sequence[Callable[..., list[float]]], tp: Any) -> list[Callable[..., list[float]]]:
+    """`reward_funcs` plus the overlong penalty when `train.overlong_buffer` is set."""
+    funcs = list(reward_funcs)
+    if tp.overlong_buffer > 0:
+        funcs.append(OverlongPenalty(tp.max_completion_length, tp.overlong_buffer, tp.overlong_penalty))
+    return funcs
+
+
 def default_reward_funcs(params: Params, servers: contextlib.ExitStack | None = None,
                          log_dir: Path | None = None) -> list[Callable[..., list[float]]]:
     """The rubric reward configured by the `judge` section.

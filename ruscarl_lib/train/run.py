@@ -53,7 +53,7 @@ from ruscarl_lib.train.config import (
     grpo_config_kwargs,
 )
 from ruscarl_lib.train.dataset import build_train_dataset
-from ruscarl_lib.train.reward import default_reward_funcs
+from ruscarl_lib.train.reward import default_reward_funcs, with_length_penalty
 from ruscarl_lib.train.run_folder import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -283,6 +283,7 @@ def run_training(
     with contextlib.ExitStack() as servers, unsloth_failures_as_errors():
         if reward_funcs is None:
             reward_funcs = default_reward_funcs(params, servers, run_dir)
+        reward_funcs = with_length_penalty(reward_funcs, tp)
         judge_stop = JudgeFailureStop(reward_funcs, geo.optimizer_steps_per_rl_step)
         trainer = _build_trainer(
             trainer_cls, params, backend, run_dir, state, geo, policy, reward_funcs, train_dataset,
