@@ -76,3 +76,17 @@ def write_tiny_notebook(path: Path, parameters: str, body: str) -> Path:
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nbformat.write(nb, str(path))
     return path
+
+
+def kill_sweep(proc, kernel_pid: int | None) -> None:
+    """Stop a sweep started in its own process group (its papermill children with it), and the
+    notebook kernel, which runs in a session of its own."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if kernel_pid is not None:
+        try:
+            os.kill(kernel_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

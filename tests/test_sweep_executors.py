@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_tiny_notebook
+from conftest import kill_sweep, write_tiny_notebook
 from ruscarl_lib.params import ParamsError
 from ruscarl_lib.sweeps.executors import ExecutorError, LocalExecutor, ProcessSpec, make_executor
 from ruscarl_lib.sweeps.stats import mean_interval, orderings_beyond_noise, seed_summary, t_cdf, t_quantile
@@ -247,13 +246,7 @@ def _kill_mid_run(path: Path, out: Path, extra_args: list[str], hang_run, others
         kernel_pid = int(started.read_text())
         worker_pid = json.loads((root / hang_run.run_id / "run.json").read_text())["pid"]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if kernel_pid is not None:
-            try:
-                os.kill(kernel_pid, signal.SIGKILL)  # the kernel runs in its own session
-            except ProcessLookupError:
-                pass
+        kill_sweep(proc, kernel_pid)
     # the run's worker dies with whoever started it (the driver, or Ray's worker)
     deadline = time.monotonic() + 60
     while worker_pid is not None and _alive(worker_pid) and time.monotonic() < deadline:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_tiny_notebook
+from conftest import kill_sweep, write_tiny_notebook
 from ruscarl_lib.params import ParamsError
 from ruscarl_lib.sweeps.worker import DONE_MARKER
 from ruscarl_lib.sweeps.report import collect_metrics
@@ -196,13 +195,7 @@ def test_killed_sweep_resumes_and_cli(tmp_path, sweep, capsys):
         assert started.exists(), "second run never started"
         kernel_pid = int(started.read_text())
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep process and its papermill children
-        proc.wait()
-        if kernel_pid is not None:
-            try:
-                os.kill(kernel_pid, signal.SIGKILL)  # the kernel runs in its own session
-            except ProcessLookupError:
-                pass
+        kill_sweep(proc, kernel_pid)
         (flags / "hang_100").unlink()
     root = out / "tiny"
     assert not (root / ids[1] / DONE_MARKER).exists()

@@ -18,9 +18,9 @@ from ruscarl_lib.common.paths import (
 )
 from ruscarl_lib.evaluate.folder import REPORT_FILE
 from ruscarl_lib.evaluate.grade import stats_dict
+from ruscarl_lib.judges.failure_policy import FailurePolicy
 from ruscarl_lib.judges.scoring import (
     VERDICT_COLUMNS,
-    FailurePolicy,
     overall_score,
     score_examples,
     tag_scores,

@@ -16,7 +16,7 @@ Why it looks the way it does:
   httpx-to-aiohttp adapter) cost most of the client's CPU. Without aiohttp the official
   `openai.AsyncOpenAI` client is used through its raw `client.post(..., cast_to=bytes)`
   rather than the typed `chat.completions.create` (which re-validates every message and
-  builds pydantic models). Both raise the openai exception types (`judges.failures`).
+  builds pydantic models). Both raise the openai exception types (`judges.request_errors`).
 - HTTP clients belong to one event loop: they are opened per loop (TRL grades on its own
   loop thread; tests use asyncio.run) and closed when that loop has no grading left.
 - The API key is read from the environment variable named in params (`judges.api_key`),
@@ -41,7 +41,7 @@ import openai
 
 from ruscarl_lib.data.rubric import Criterion
 from ruscarl_lib.judges.api_key import JudgeConfigError, resolve_api_key
-from ruscarl_lib.judges.failures import (
+from ruscarl_lib.judges.request_errors import (
     AttemptError,
     mentions_structured_output,
     retry_after_seconds,

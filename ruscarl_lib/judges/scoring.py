@@ -12,12 +12,8 @@ answers together), since answers to one prompt are correlated.
 Per-tag scores apply the same formula to the criteria carrying a tag (criterion tags) or reuse
 the example's overall score (example tags).
 
-A judge can fail on a criterion; its verdict is then `None` and `failure_policy` decides:
-
-- `exclude`: drop the criterion from numerator and denominator (score what was judged);
-- `worst_case`: a failed positive counts as not met, a failed negative as met (lower bound);
-- `not_met`: every failed criterion counts as not met. This is the reference code's
-  behaviour; for negative criteria it silently removes the penalty, so it flatters scores.
+A criterion whose verdict failed (`None`) counts as `failure_policy` says
+(`judges.failure_policy`: exclude, worst_case, not_met).
 """
 
 from __future__ import annotations
@@ -25,16 +21,19 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ruscarl_lib.data.rubric import RubricExample
 from ruscarl_lib.data.tags import normalize_tags
-
-FailurePolicy = Literal["exclude", "worst_case", "not_met"]
-FAILURE_POLICIES: tuple[str, ...] = ("exclude", "worst_case", "not_met")
+from ruscarl_lib.judges.failure_policy import (
+    FailurePolicy,
+    check_policy,
+    counted_met,
+    is_failed,
+)
 
 VERDICT_COLUMNS: tuple[str, ...] = (
     "example_id",
@@ -46,10 +45,8 @@ VERDICT_COLUMNS: tuple[str, ...] = (
 )
 
 __all__ = [
-    "FAILURE_POLICIES",
     "VERDICT_COLUMNS",
     "AggregateScore",
-    "FailurePolicy",
     "aggregate_score",
     "example_score",
     "overall_score",
@@ -57,20 +54,6 @@ __all__ = [
     "tag_scores",
     "verdict_table",
 ]
-
-
-def _check_policy(failure_policy: str) -> None:
-    if failure_policy not in FAILURE_POLICIES:
-        raise ValueError(
-            f"unknown failure_policy {failure_policy!r}; expected one of {FAILURE_POLICIES}"
-        )
-
-
-def _is_failed(verdict: Any) -> bool:
-    """A missing verdict: None, NaN or pandas NA (tables may turn None into either)."""
-    if verdict is None or verdict is pd.NA:
-        return True
-    return isinstance(verdict, float) and math.isnan(verdict)
 
 
 def example_score(
@@ -84,19 +67,16 @@ def example_score(
     positive criterion's verdict failed. Callers (and `aggregate_score`) skip NaN scores
     rather than invent a value for a response nobody could grade.
     """
-    _check_policy(failure_policy)
+    check_policy(failure_policy)
     if len(points) != len(met):
         raise ValueError(f"{len(points)} points but {len(met)} verdicts")
     earned = 0.0
     possible = 0.0
     for p, m in zip(points, met):
         p = float(p)
-        if _is_failed(m):
-            if failure_policy == "exclude":
-                continue
-            hit = p < 0 if failure_policy == "worst_case" else False
-        else:
-            hit = bool(m)
+        hit = counted_met(p, m, failure_policy)
+        if hit is None:
+            continue
         if p > 0:
             possible += p
         if hit:
@@ -205,7 +185,7 @@ def verdict_table(
                     "example_id": ex.id,
                     "criterion_index": i,
                     "points": float(c.points),
-                    "met": None if _is_failed(m) else bool(m),
+                    "met": None if is_failed(m) else bool(m),
                     "criterion_tags": normalize_tags(c.tags),
                     "example_tags": ex_tags,
                 }
@@ -245,12 +225,12 @@ def _examples_of(table: pd.DataFrame):
 
 def score_examples(table: pd.DataFrame, failure_policy: FailurePolicy = "exclude") -> pd.DataFrame:
     """Per-example scores (NaN when ungradable) and how many verdicts failed in each."""
-    _check_policy(failure_policy)
+    check_policy(failure_policy)
     out = [
         {
             "example_id": ex_id,
             "score": example_score(points, met, failure_policy),
-            "n_failed": sum(_is_failed(m) for m in met),
+            "n_failed": sum(is_failed(m) for m in met),
         }
         for ex_id, points, met, _, _ in _examples_of(table)
     ]
@@ -286,7 +266,7 @@ def tag_scores(
     policy) are skipped for that tag. An example tag (theme:, ...) takes the example's overall
     score. Each tag is then aggregated with `aggregate_score` over the examples it covers.
     """
-    _check_policy(failure_policy)
+    check_policy(failure_policy)
     per_tag: dict[str, list[float]] = defaultdict(list)
     per_group: dict[str, list[Any]] = defaultdict(list)
     for ex_id, points, met, ctags, etags in _examples_of(table):

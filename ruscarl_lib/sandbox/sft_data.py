@@ -37,7 +37,7 @@ from ruscarl_lib.data.rubric import Criterion
 from ruscarl_lib.scaffold.render import render_scaffold
 from ruscarl_lib.sandbox.vocabulary import Condition
 from ruscarl_lib.sandbox.world import World
-from ruscarl_lib.sandbox.criteria import is_offtopic, is_repeat, offtopic_criteria, repeat_criterion, rule_phrase
+from ruscarl_lib.sandbox.criteria import is_offtopic, is_repeat, rule_phrase
 
 __all__ = ["SFTDataConfig", "decoy_rubric", "answer_text", "sft_conversations", "OPENINGS"]
 
@@ -86,13 +86,8 @@ def decoy_rubric(world: World, conditions: list[Condition], rng: np.random.Gener
     rubric = [d.advice_criterion() for d in decoys]
     if world.config.negatives:
         rubric += [d.harm_criterion() for d in decoys]
-    if world.config.offtopic_points:
-        used = {d.advice for d in decoys}
-        others = [c.advice for c in world.conditions if c.advice not in used]
-        rubric += offtopic_criteria(others, world.config.offtopic_points)
-    if world.config.repeat_points:
-        rubric.append(repeat_criterion([c.advice for c in world.conditions], world.config.repeat_points))
-    return rubric
+    used = {d.advice for d in decoys}
+    return rubric + world.guard_criteria([c.advice for c in world.conditions if c.advice not in used])
 
 
 def answer_text(

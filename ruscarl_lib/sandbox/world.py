@@ -194,13 +194,18 @@ class World:
                 if c.rules_out not in seen:
                     seen.add(c.rules_out)
                     rubric.append(c.harm_criterion())
+        present = {c.key for c in conditions}
+        return rubric + self.guard_criteria([c.advice for c in self.conditions if c.key not in present])
+
+    def guard_criteria(self, offtopic_advice: list[str]) -> list[Criterion]:
+        """The criteria every rubric ends with, as configured: against giving `offtopic_advice`
+        (tiered by `offtopic_points`) and against repeating advice (`repeat_points`)."""
+        guards = []
         if self.config.offtopic_points:
-            present = {c.key for c in conditions}
-            others = [c.advice for c in self.conditions if c.key not in present]
-            rubric += offtopic_criteria(others, self.config.offtopic_points)
+            guards += offtopic_criteria(offtopic_advice, self.config.offtopic_points)
         if self.config.repeat_points:
-            rubric.append(repeat_criterion([c.advice for c in self.conditions], self.config.repeat_points))
-        return rubric
+            guards.append(repeat_criterion([c.advice for c in self.conditions], self.config.repeat_points))
+        return guards
 
     def make_task(self, conditions: list[Condition], rng: np.random.Generator, task_id: str, split: str) -> RubricExample:
         """A task about `conditions`; the rubric lists them in the order the user mentions them."""

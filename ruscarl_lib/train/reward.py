@@ -45,8 +45,9 @@ from typing import Any, Callable, Sequence
 from ruscarl_lib.data.rubric import Criterion
 from ruscarl_lib.data.tags import normalize_tags
 from ruscarl_lib.judges import Judge, JudgeStats, Verdict, build_judge, strip_think
+from ruscarl_lib.judges.failure_policy import check_policy
 from ruscarl_lib.judges.prompts import message_text
-from ruscarl_lib.judges.scoring import FAILURE_POLICIES, example_score
+from ruscarl_lib.judges.scoring import example_score
 from ruscarl_lib.judges.verdict import GradingItem
 from ruscarl_lib.params import JudgeParams, Params
 
@@ -210,8 +211,7 @@ class RubricReward:
         policy = failure_policy or (params.train_failure_policy if params is not None else "worst_case")
         self.failure_guard = (JudgeFailureGuard(params.max_failure_rate, params.failure_patience)
                               if params is not None else None)
-        if policy not in FAILURE_POLICIES:
-            raise ValueError(f"unknown failure_policy {policy!r}; expected one of {FAILURE_POLICIES}")
+        check_policy(policy)
         self.failure_policy = policy
         self.rubric_column = rubric_column
         self.conversation_column = conversation_column

@@ -17,7 +17,8 @@ global batch that rewards are grouped over, so the group position of local row i
 With scaffolds disabled every ratio is 0, no criterion is shown, generation and loss see the
 same clean prompt, and the trainer is plain rubric GRPO through the same code path. The
 overrides live in a base-less mixin and stay thin wrappers around `super()`, so they sit on
-top of Unsloth's rewritten methods as well as TRL's (see `train.trainer_class`).
+top of Unsloth's rewritten methods as well as TRL's (see `train.trainer_class`). Every rollout
+is also handed to the rollout sinks; `train.run_folder.RolloutTableWriter` writes the rollout table.
 """
 
 from __future__ import annotations
