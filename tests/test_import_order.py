@@ -110,7 +110,7 @@ def test_light_modules_do_not_load_the_training_stack():
     """What the entry points import before the backend is known must not load the stack."""
     code = ("import sys\n"
             "import ruscarl_lib.notebook.setup, ruscarl_lib.train.run, ruscarl_lib.cli, ruscarl_lib.sweeps.run,"
-            " ruscarl_lib.demo, ruscarl_lib.train.live, ruscarl_lib.train.run_folder, ruscarl_lib.data.read,"
+            " ruscarl_lib.demo, ruscarl_lib.notebook.live, ruscarl_lib.train.run_folder, ruscarl_lib.data.read,"
             " ruscarl_lib.notebook.figures, ruscarl_lib.notebook.reports, ruscarl_lib.train.checks\n"
             f"print([m for m in {WATCHED!r} if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
