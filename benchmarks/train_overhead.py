@@ -60,9 +60,12 @@ def bench_trainer_cls(targets: dict[int, int] | None):
     class BenchTrainer(ScaffoldedGRPOTrainer):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            n = self.generation_config.max_new_tokens
-            self.generation_config.min_new_tokens = n
-            self.generation_kwargs["min_new_tokens"] = n
+            n = self.max_completion_length
+            if self.use_vllm:  # vLLM reads its own sampling kwargs
+                self.vllm_generation.generation_kwargs["min_tokens"] = n
+            else:
+                self.generation_config.min_new_tokens = n
+                self.generation_kwargs["min_new_tokens"] = n
             self.cpu_step_times: list[float] = []
             self.generated_prompt_tokens: list[int] = []
             self._cpu = 0.0

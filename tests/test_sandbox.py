@@ -220,3 +220,27 @@ def test_repeating_an_advice_is_penalised():
     from ruscarl_lib.judges.rules import check_rule
 
     assert not any(check_rule(repeat, r["completion"][0]["content"]).met for r in rows)
+
+
+def test_stuttering_is_penalised_and_the_warm_start_never_stutters():
+    """ "for a fever: you you you ... you need to rest" meets the advice criterion (its verifier
+    matches a phrase); with `stutter_points` it costs its points, and the warm start's own
+    answers, hinted or not, never trip it."""
+    from ruscarl_lib.judges.rules import check_rule
+    from ruscarl_lib.sandbox.criteria import is_guard
+
+    w = build_world(n_train=4, n_heldout=2, n_validation=2, stutter_points=3)
+    ex = w.train[0]
+    stutter = ex.rubric[-1]
+    assert is_guard(stutter) and stutter.points == -3
+    conds = [w.condition(k) for k in ex.extra["conditions"]]
+    clean = " ".join(f"for {c.name}: you need to {c.advice} ." for c in conds)
+    stuttered = " ".join(f"for {c.name}: you you you you need to {c.advice} ." for c in conds)
+    total = sum(c.points for c in ex.rubric if c.points > 0)
+    assert grade_response(ex, clean)["score"] == pytest.approx(1.0)
+    assert grade_response(ex, stuttered)["score"] == pytest.approx(1.0 + stutter.points / total)
+    assert not check_rule(stutter, "you need to rest . you need to rest .").met  # a repeat, not a stutter
+    rows = sft_conversations(w, SFTDataConfig(n_examples=300))
+    assert not any(check_rule(stutter, r["completion"][0]["content"]).met for r in rows)
+    # off by default: the rubric of the default world is unchanged
+    assert not any(is_guard(c) and "same word" in c.text for c in build_world(n_train=4, n_heldout=2, n_validation=2).train[0].rubric)

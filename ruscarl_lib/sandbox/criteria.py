@@ -1,6 +1,6 @@
 """The sandbox's criteria, all checked by rule verifiers (no judge model): the advice a condition
 calls for, the remedy it rules out, tiered penalties for advice meant for conditions the user
-never mentioned, and an optional penalty for repeating advice.
+never mentioned, and optional penalties for repeating advice and for stuttering.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ __all__ = [
     "is_offtopic",
     "repeat_criterion",
     "is_repeat",
+    "stutter_criterion",
+    "is_guard",
     "offtopic_criteria",
 ]
 
@@ -81,6 +83,30 @@ def is_repeat(criterion: Criterion) -> bool:
 
 def is_offtopic(criterion: Criterion) -> bool:
     return OFFTOPIC_CLUSTER in criterion.tags
+
+
+STUTTER_CLUSTER = "cluster:sandbox_stutter"
+STUTTER_RUN = 3  # the same word this many times in a row; no answer of the warm start's kind does it
+
+
+def stutter_criterion(points: float) -> Criterion:
+    """A negative criterion met when one word comes `STUTTER_RUN` or more times in a row.
+
+    Why: the `contains` verifiers check a phrase, not the sentence around it, so "for a fever:
+    you you you you ... you need to rest" still meets the advice criterion. Runs that drifted
+    into such stutters were rewarded for them until every answer hit the length cap.
+    """
+    params = json.dumps({"pattern": rf"\b(\w+)(?:\s+\1\b){{{STUTTER_RUN - 1},}}", "flags": "i"})
+    return Criterion(
+        text=f"The response says the same word {STUTTER_RUN} or more times in a row.",
+        points=-abs(float(points)),
+        tags=("verifier:rule", "function:regex", f"parameters:{params}", "axis:communication_quality", STUTTER_CLUSTER),
+    )
+
+
+def is_guard(criterion: Criterion) -> bool:
+    """A criterion every rubric ends with (off-topic tiers, repeat, stutter), naming no remedy."""
+    return is_offtopic(criterion) or is_repeat(criterion) or STUTTER_CLUSTER in criterion.tags
 
 
 def rule_phrase(criterion: Criterion) -> str:

@@ -37,7 +37,7 @@ from ruscarl_lib.data.rubric import Criterion
 from ruscarl_lib.scaffold.render import render_scaffold
 from ruscarl_lib.sandbox.vocabulary import Condition
 from ruscarl_lib.sandbox.world import World
-from ruscarl_lib.sandbox.criteria import is_offtopic, is_repeat, rule_phrase
+from ruscarl_lib.sandbox.criteria import is_guard, rule_phrase
 
 __all__ = ["SFTDataConfig", "decoy_rubric", "answer_text", "sft_conversations", "OPENINGS"]
 
@@ -100,7 +100,7 @@ def answer_text(
     """The answer a hint-follower without world knowledge gives: every shown advice, generic
     tips for the remaining conditions, never a remedy a shown criterion rules out."""
     hinted = {c.tag_value("cluster"): rule_phrase(c) for c in shown if c.points > 0}
-    avoid = {rule_phrase(c) for c in shown if c.points < 0 and not (is_offtopic(c) or is_repeat(c))}
+    avoid = {rule_phrase(c) for c in shown if c.points < 0 and not is_guard(c)}
     parts = [OPENINGS[int(rng.integers(len(OPENINGS)))]]
     tips = rng.permutation(len(world.generic_tips))
     given = [hinted[k] for k in rng.permutation(sorted(hinted))]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ruscarl_lib.data.rubric import Criterion, RubricExample
-from ruscarl_lib.sandbox.criteria import offtopic_criteria, repeat_criterion
+from ruscarl_lib.sandbox.criteria import offtopic_criteria, repeat_criterion, stutter_criterion
 from ruscarl_lib.sandbox.vocabulary import (
     CLOSINGS,
     CURATED_CONDITIONS,
@@ -63,6 +63,11 @@ class WorldConfig:
       16-condition warm start, when hinted, repeats an advice in over half of its answers
       (its hinted score fell from 0.64 to 0.32 under the criterion, to 0.10 when also trained
       with it), and RuscaRL then learnt nothing (0.000 held-out, 2 runs).
+    stutter_points: size of the negative criterion against saying one word three or more times
+      in a row; 0 leaves it out. The advice verifiers match a phrase wherever it occurs, so a
+      run that drifts into "you you you ... you need to rest" keeps its reward; on world seeds
+      2 and 3 runs drifted that way until every answer hit the length cap (README, "Not yet
+      robust across worlds").
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
     validation_share: share reserved for the validation split (tuning), disjoint from both
@@ -74,6 +79,7 @@ class WorldConfig:
     negatives: bool = True
     offtopic_points: int = 2
     repeat_points: int = 0
+    stutter_points: int = 0
     n_distractors: int = 1
     n_train: int = 256
     n_heldout: int = 64
@@ -91,6 +97,8 @@ class WorldConfig:
             raise ValueError("offtopic_points must be >= 0 (it is the size of a penalty)")
         if self.repeat_points < 0:
             raise ValueError("repeat_points must be >= 0 (it is the size of a penalty)")
+        if self.stutter_points < 0:
+            raise ValueError("stutter_points must be >= 0 (it is the size of a penalty)")
         if not 0 <= self.n_distractors <= len(DISTRACTORS):
             raise ValueError(f"n_distractors must lie in [0, {len(DISTRACTORS)}]")
         if not 0.0 < self.heldout_share < 1.0:
@@ -199,12 +207,15 @@ class World:
 
     def guard_criteria(self, offtopic_advice: list[str]) -> list[Criterion]:
         """The criteria every rubric ends with, as configured: against giving `offtopic_advice`
-        (tiered by `offtopic_points`) and against repeating advice (`repeat_points`)."""
+        (tiered by `offtopic_points`), against repeating advice (`repeat_points`) and against
+        stuttering (`stutter_points`)."""
         guards = []
         if self.config.offtopic_points:
             guards += offtopic_criteria(offtopic_advice, self.config.offtopic_points)
         if self.config.repeat_points:
             guards.append(repeat_criterion([c.advice for c in self.conditions], self.config.repeat_points))
+        if self.config.stutter_points:
+            guards.append(stutter_criterion(self.config.stutter_points))
         return guards
 
     def make_task(self, conditions: list[Condition], rng: np.random.Generator, task_id: str, split: str) -> RubricExample:
