@@ -66,8 +66,11 @@ class WorldConfig:
     stutter_points: size of the negative criterion against saying one word three or more times
       in a row; 0 leaves it out. The advice verifiers match a phrase wherever it occurs, so a
       run that drifts into "you you you ... you need to rest" keeps its reward; on world seeds
-      2 and 3 runs drifted that way until every answer hit the length cap (README, "Not yet
-      robust across worlds").
+      2 and 3 runs drifted that way until every answer hit the length cap. At 3 it removed
+      those runaways (default kernels, 9 held-out runs on worlds 1-3, none ran away). Why it is
+      off by default: under AVX2 kernels the default world still ran away in 2 of 4 runs with
+      it (the stutter came once every answer was at the cap, where the truncation mask leaves
+      no loss), against none without it (README, "What the runaways are").
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
     validation_share: share reserved for the validation split (tuning), disjoint from both
