@@ -166,7 +166,9 @@ def step_prompts(run_dir: str, tokenizer) -> dict[str, dict[int, list[list[int]]
 def vllm_generation_times(model: str, prompts: dict[str, dict[int, list[list[int]]]], reps: int,
                           completion_tokens: int, seed: int = 0) -> list[dict[str, float]]:
     """Seconds vLLM takes to generate each step's batch, per arm and repetition (arms rotated;
-    median over the steps after the first). Completions are exactly `completion_tokens` long."""
+    median over the steps after the first). Completions are exactly `completion_tokens` long. The
+    prefix cache is emptied before every call, so sharing within a batch counts (as in training)
+    but a prompt seen in an earlier repetition does not."""
     import torch
     import vllm
 
@@ -185,6 +187,7 @@ def vllm_generation_times(model: str, prompts: dict[str, dict[int, list[list[int
             times = []
             for step in sorted(prompts[arm]):
                 batch = [vllm.TokensPrompt(prompt_token_ids=p) for p in prompts[arm][step]]
+                engine.reset_prefix_cache()  # reps repeat the same prompts: no cache hits across calls
                 t0 = time.perf_counter()
                 engine.generate(batch, sampling, use_tqdm=False)
                 times.append(time.perf_counter() - t0)
