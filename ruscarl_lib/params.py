@@ -240,6 +240,12 @@ class TrainParams(_Section):
     )
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = False
+    truncated_mask: Literal["all", "positive"] = Field(
+        "all",
+        description="Which answers cut at the cap `mask_truncated_completions` leaves out of the loss: "
+        "all (TRL's mask), or only those with a positive advantage, so a cut answer is never "
+        "reinforced but one worse than its group is still pushed down (the cap is not absorbing).",
+    )
     overlong_buffer: int = Field(
         0, ge=0,
         description="DAPO's soft overlong punishment: completions longer than max_completion_length "
@@ -304,6 +310,9 @@ class TrainParams(_Section):
         if self.overlong_buffer >= self.max_completion_length:
             raise ValueError(f"overlong_buffer={self.overlong_buffer} must be below "
                              f"max_completion_length={self.max_completion_length}")
+        if self.truncated_mask != "all" and not self.mask_truncated_completions:
+            raise ValueError(f"truncated_mask={self.truncated_mask!r} needs "
+                             "mask_truncated_completions: true (it says which cut answers are masked)")
         return self
 
 

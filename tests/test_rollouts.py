@@ -260,6 +260,58 @@ def test_overlong_penalty_joins_the_rubric_reward(model_dir, tmp_path):
     assert df.reward.tolist() == pytest.approx((df[rubric[0]] + df["reward/overlong_penalty"]).tolist())
 
 
+def _spread_reward(prompts, completions, **kwargs) -> list[float]:
+    """A reward that differs between answers (a digest of the text), so groups have advantages
+    of both signs even when every answer is cut at the cap."""
+    import zlib
+
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [zlib.crc32(t.encode()) % 7 / 7 for t in texts]
+
+
+class _LossInputsMixin:
+    """Keeps what `_generate_and_score_completions` hands the loss."""
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self.seen = [*getattr(self, "seen", []),
+                         {k: out[k].detach().clone() for k in
+                          ("completion_ids", "completion_mask", "advantages", "num_items_in_batch")}]
+        return out
+
+
+def test_truncated_mask_positive_keeps_cut_answers_that_lose(model_dir, tmp_path):
+    """`truncated_mask: positive`: an answer cut at the cap leaves the loss only when its
+    advantage is positive; a cut answer scoring below its group keeps its whole mask (so it is
+    pushed down), finished answers keep theirs, and the token count the loss divides by matches."""
+    with pytest.raises(ValueError, match="needs mask_truncated_completions"):
+        TrainParams(model="m", truncated_mask="positive")
+    params = tiny_params(model_dir, tmp_path, "cutmask", max_steps=3, max_completion_length=4,
+                         mask_truncated_completions=True, truncated_mask="positive")
+    assert build_grpo_config(params, tmp_path / "cfg").mask_truncated_completions is False  # ours, not TRL's
+    res = run_training(params, train_examples=make_examples(4), reward_funcs=[_spread_reward],
+                       trainer_cls=_LossInputsMixin)
+    tok = res.trainer.processing_class
+    stop = {tok.eos_token_id, tok.pad_token_id, *getattr(res.trainer, "eos_token_ids", [])}
+    kinds = Counter()
+    for batch in res.trainer.seen:
+        assert int(batch["num_items_in_batch"]) == int(batch["completion_mask"].sum())
+        for ids, mask, adv in zip(batch["completion_ids"].tolist(), batch["completion_mask"].tolist(),
+                                  batch["advantages"].tolist()):
+            # rows are right-padded, so a row whose last position is no stop token ran to the cap
+            # (the tiny model may write the pad token mid-answer: TRL, too, reads only the end)
+            if ids[-1] not in stop:
+                kind = "cut, gains" if adv > 0 else "cut, loses"
+                assert mask == ([0] * len(ids) if adv > 0 else [1] * len(ids)), (kind, mask)
+            else:
+                kind = "finished"
+                n = sum(mask)
+                assert n > 0 and mask == [1] * n + [0] * (len(ids) - n) and ids[n - 1] in stop
+            kinds[kind] += 1
+    assert kinds["cut, gains"] and kinds["cut, loses"], kinds  # both cases really occurred
+
+
 # --------------------------------------------------------------------------------------------
 # Baseline = same path with the flag off = stock TRL
 # --------------------------------------------------------------------------------------------

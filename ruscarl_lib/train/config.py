@@ -141,7 +141,8 @@ def grpo_config_kwargs(
         optim=tp.optim,
         loss_type=tp.loss_type,
         scale_rewards=tp.scale_rewards,
-        mask_truncated_completions=tp.mask_truncated_completions,
+        # `truncated_mask: positive` masks after the advantages are known (train.rollouts)
+        mask_truncated_completions=tp.mask_truncated_completions and tp.truncated_mask == "all",
         # sampling
         max_completion_length=tp.max_completion_length,
         temperature=tp.temperature,

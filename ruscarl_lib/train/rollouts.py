@@ -121,6 +121,9 @@ class ScaffoldedGRPOMixin:
       rollout_sink: called on the main process once per RL step with the step number and the
         records of every rollout of that step (all processes gathered).
       rollout_buckets: HF-generate batches per scaffolded rollout batch (`train.rollout_buckets`).
+      mask_truncated_gains: leave out of the loss only the answers cut at the length cap whose
+        advantage is positive (`train.truncated_mask: positive`; pass GRPOConfig's own
+        `mask_truncated_completions=False` with it).
     Evaluation rollouts are never scaffolded. The first RL step of every run is checked live
     against the clean-prompt contract (`train.contract.RuntimeContract`); a violation stops training.
     """
@@ -134,6 +137,7 @@ class ScaffoldedGRPOMixin:
         total_steps: int | None = None,
         rollout_sink: RolloutSink | None = None,
         rollout_buckets: int = 1,
+        mask_truncated_gains: bool = False,
         **kwargs: Any,
     ) -> None:
         check_trl_support(type(self))
@@ -161,6 +165,10 @@ class ScaffoldedGRPOMixin:
         self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
         self.rollout_sink = rollout_sink
         self.rollout_buckets = int(rollout_buckets)
+        if mask_truncated_gains and config.mask_truncated_completions:
+            raise ValueError("mask_truncated_gains replaces TRL's mask_truncated_completions; "
+                             "pass the GRPOConfig with it off")
+        self.mask_truncated_gains = bool(mask_truncated_gains)
         self._rows: list[dict[str, Any]] | None = None
         self._plans: list[RolloutPlan] | None = None
         self._capture: dict[str, Any] | None = None
@@ -225,6 +233,8 @@ class ScaffoldedGRPOMixin:
         self._capture = {"extra": {}} if training else None
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self.mask_truncated_gains:
+                self._mask_truncated_gains(output)
             if training:
                 if self._contract is not None:
                     # what TRL (or Unsloth's rewrite) hands the loss; fields read if present
@@ -235,6 +245,35 @@ class ScaffoldedGRPOMixin:
             self._plans = None
             self._capture = None
         return output
+
+    def _mask_truncated_gains(self, output: dict[str, Any]) -> None:
+        """Drop from the loss the answers cut at the cap that would be reinforced.
+
+        TRL's `mask_truncated_completions` drops every cut answer, whatever its advantage. Once a
+        degenerate answer (a word repeated to the cap) spreads through a group, the whole group is
+        cut and nothing pushes it back, however a criterion prices it: the cap is absorbing. Here
+        a cut answer is never reinforced (its text is unfinished), but one scoring below its group
+        keeps its negative advantage in the loss. Applied after the advantages are known, so the
+        reference and old log-probabilities were computed over the whole answer.
+        """
+        mask, ids, adv = output["completion_mask"], output["completion_ids"], output["advantages"]
+        lengths = mask.sum(dim=1)
+        last = ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        eos = getattr(self, "eos_token_ids", None) or [self.processing_class.eos_token_id]
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        stop = torch.tensor([t for t in [*eos, pad] if t is not None], device=ids.device)
+        truncated = (lengths > 0) & ~torch.isin(last, stop)
+        gain = (adv > 0) if adv.dim() == 1 else (adv > 0).any(dim=1)
+        drop = truncated & gain
+        removed = (mask * drop.unsqueeze(1)).sum()
+        output["completion_mask"] = mask * (~drop).unsqueeze(1).to(mask.dtype)
+        output["num_items_in_batch"] = output["num_items_in_batch"] - self.accelerator.gather(removed).sum()
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            mode = "train" if self.model.training else "eval"
+            n = self.accelerator.gather(torch.stack([truncated.sum(), drop.sum()]).reshape(1, 2)).sum(dim=0)
+            total = max(int(self.accelerator.gather(torch.tensor([len(lengths)], device=ids.device)).sum()), 1)
+            metrics[mode]["completions/truncated_in_loss_ratio"].append(float(n[0] - n[1]) / total)
 
     def _plan(self, rows: list[dict[str, Any]]) -> list[RolloutPlan]:
         """Scaffold ratio, shown criteria and rollout prompt for every local row."""
