@@ -8,6 +8,10 @@ Three arms of the same tiny-model GRPO run (same seed, data, steps and code path
   prompt tokens as the `on` arm with no padding at all (the loss, as in `on`, sees the clean
   prompt). floor/off is what the extra prompt tokens cost by themselves; on/floor is what the
   scaffolded batch pays on top (left-padding to the longest prompt, scaffold rendering).
+- padded (HF engine only): scaffolds off, every clean prompt lengthened to the token count of
+  the scaffolded prompt in its row, so HF generate gets a batch of exactly the `on` arm's
+  shape and left-pads it the same way. on/padded is what the scaffold code adds beyond the
+  batch's shape; padded/floor is what the padding costs.
   Evenly spread tokens are the cheapest layout of that many tokens (prefill attention grows
   with the square of a prompt's length), so the floor is a lower bound, not an exact target.
 
@@ -41,7 +45,8 @@ from pathlib import Path
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 N_EXAMPLES = 8
-ARMS = ("off", "on", "floor")
+ARMS = ("off", "on", "floor")  # the vLLM lane (no padding, so no `padded` arm)
+HF_ARMS = (*ARMS, "padded")
 
 
 def _peak_memory_mb() -> float:
@@ -52,11 +57,12 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_trainer_cls(targets: dict[int, int] | None):
+def bench_trainer_cls(targets: dict[int, int | list[int]] | None):
     """A trainer with fixed-length completions that times training steps in CPU seconds.
 
-    `targets` (RL step -> prompt tokens) lengthens every training generation prompt to that
-    many tokens (the floor arm); None leaves prompts alone.
+    `targets` (RL step -> prompt tokens, or a list of them, one per generation row) lengthens
+    every training generation prompt to that many tokens (the floor and padded arms); None
+    leaves prompts alone.
     """
     from ruscarl_lib.train.trainer_class import ScaffoldedGRPOTrainer
 
@@ -83,7 +89,11 @@ def bench_trainer_cls(targets: dict[int, int] | None):
             if self.model.training:
                 if targets is not None:
                     target = targets[self.rl_step_at(self.state.global_step)]
-                    prompt_ids = [_lengthen(list(p), target) for p in prompt_ids]
+                    if isinstance(target, int):
+                        target = [target] * len(prompt_ids)
+                    if len(target) != len(prompt_ids):
+                        raise RuntimeError(f"{len(prompt_ids)} generation rows, {len(target)} row targets")
+                    prompt_ids = [_lengthen(list(p), t) for p, t in zip(prompt_ids, target)]
                 self.generated_prompt_tokens.extend(len(p) for p in prompt_ids)
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
 
@@ -99,7 +109,7 @@ def _lengthen(ids: list[int], target: int) -> list[int]:
 
 
 def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tokens: int,
-            targets: dict[int, int] | None = None, train: dict | None = None) -> dict:
+            targets: dict[str, dict] | None = None, train: dict | None = None) -> dict:
     import torch
 
     from ruscarl_lib.train.run_folder import read_metrics, read_rollouts
@@ -116,7 +126,7 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
     )
     t0 = time.perf_counter()
     result = run_training(params, train_examples=make_examples(N_EXAMPLES), reward_funcs=[keyword_reward],
-                          trainer_cls=bench_trainer_cls(targets if arm == "floor" else None))
+                          trainer_cls=bench_trainer_cls((targets or {}).get(arm)))
     wall = time.perf_counter() - t0
     run_dir = out_dir / params.output.run_name
     m = read_metrics(run_dir)
@@ -134,6 +144,9 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
         "clean_prompt_tokens": float(roll["clean_prompt_tokens"].mean()),
         "completion_tokens": float(roll["completion_tokens"].mean()),
         "rollout_prompt_tokens_per_step": roll.groupby("rl_step")["rollout_prompt_tokens"].mean().round().astype(int).to_dict(),
+        "rollout_prompt_tokens_per_row": {  # in generation order: groups, then positions
+            int(k): [int(v) for v in rows.sort_values(["group", "group_position"])["rollout_prompt_tokens"]]
+            for k, rows in roll.groupby("rl_step")},
         "peak_memory_mb": round(_peak_memory_mb()),
         "group_size": params.train.group_size,
         "prompts_per_step": params.train.prompts_per_step,
@@ -209,7 +222,7 @@ def _fmt(values: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the three arms")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the arms")
     ap.add_argument("--completion-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
@@ -234,7 +247,8 @@ def main() -> None:
     # warm-up (imports, allocator, caches) and the floor's per-step targets: the scaffolded
     # prompt lengths are deterministic (seeded sampler and scaffold selection)
     probe = run_arm(model_dir, out / "warmup", "on", args.steps, args.completion_tokens, train=train)
-    targets = {int(k): int(v) for k, v in probe["rollout_prompt_tokens_per_step"].items()}
+    targets = {"floor": {int(k): int(v) for k, v in probe["rollout_prompt_tokens_per_step"].items()},
+               "padded": probe["rollout_prompt_tokens_per_row"]}
     if args.engine == "vllm":
         from ruscarl_lib.models.local import resolve_model
         from ruscarl_lib.models.tiny import load_tokenizer
@@ -258,7 +272,7 @@ def main() -> None:
 
     reps: list[dict[str, dict]] = []
     for r in range(args.reps):
-        order = ARMS[r % 3:] + ARMS[: r % 3]
+        order = HF_ARMS[r % len(HF_ARMS):] + HF_ARMS[: r % len(HF_ARMS)]
         rep = {arm: run_arm(model_dir, out / f"rep{r}", arm, args.steps, args.completion_tokens, targets, train)
                for arm in order}
         reps.append(rep)
@@ -268,22 +282,22 @@ def main() -> None:
         return [rep[a][key] / rep[b][key] for rep in reps]
 
     first = reps[0]
-    off_on_floor = "/".join(f"{statistics.median(rep[a]['step_time_s'] for rep in reps):.3f}" for a in ARMS)
+    off_on_floor = "/".join(f"{statistics.median(rep[a]['step_time_s'] for rep in reps):.3f}" for a in HF_ARMS)
     on_floor = ratios("step_time_s", "on", "floor")
     print(
         f"train_overhead: {Path(args.model).name if args.model else 'tiny model'}, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
         f"{first['on']['prompts_per_step']} prompts per step, {args.steps} steps "
         f"(median of steps 2..{args.steps}), {args.reps} interleaved reps, threads={torch.get_num_threads()}, "
-        f"{' '.join(args.set) or 'default train params'}; generation prompt tokens off/on/floor "
-        f"{first['off']['generation_prompt_tokens']:.0f}/{first['on']['generation_prompt_tokens']:.0f}/"
-        f"{first['floor']['generation_prompt_tokens']:.0f}, completion tokens {first['on']['completion_tokens']:.0f} "
-        f"(fixed); step time off/on/floor {off_on_floor}s; median [min, max] over reps: "
+        f"{' '.join(args.set) or 'default train params'}; generation prompt tokens off/on/floor/padded "
+        f"{'/'.join(str(round(first[a]['generation_prompt_tokens'])) for a in HF_ARMS)}, completion tokens "
+        f"{first['on']['completion_tokens']:.0f} (fixed); step time off/on/floor/padded {off_on_floor}s; median [min, max] over reps: "
         f"ratio on/off {_fmt(ratios('step_time_s', 'on', 'off'))}, floor {_fmt(ratios('step_time_s', 'floor', 'off'))}, "
-        f"ratio/floor {_fmt(on_floor)} (goal <= 1.05: {'met' if statistics.median(on_floor) <= 1.05 else 'NOT met'}); "
-        f"CPU time: ratio {_fmt(ratios('cpu_step_time_s', 'on', 'off'))}, "
+        f"ratio/floor {_fmt(on_floor)} (goal <= 1.05: {'met' if statistics.median(on_floor) <= 1.05 else 'NOT met'}), "
+        f"ratio/padded {_fmt(ratios('step_time_s', 'on', 'padded'))} (the scaffold code beyond the batch's shape), "
+        f"padded/floor {_fmt(ratios('step_time_s', 'padded', 'floor'))} (the padding); CPU time: ratio {_fmt(ratios('cpu_step_time_s', 'on', 'off'))}, "
         f"floor {_fmt(ratios('cpu_step_time_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(ratios('cpu_step_time_s', 'on', 'floor'))}"
-        + (f"; peak CUDA memory off/on/floor {'/'.join(str(first[a]['peak_memory_mb']) for a in ARMS)} MB"
+        + (f"; peak CUDA memory off/on/floor/padded {'/'.join(str(first[a]['peak_memory_mb']) for a in HF_ARMS)} MB"
            if torch.cuda.is_available() else ""),
         flush=True,
     )
