@@ -305,6 +305,12 @@ class TrainParams(_Section):
     shuffle: bool = True
     seed: int | None = Field(None, description="Training seed; None: the top-level `seed`.")
 
+    @property
+    def masks_cut_gains_only(self) -> bool:
+        """Whether only the cut answers with a positive advantage leave the loss (our mask in
+        train.rollouts, in place of TRL's)."""
+        return self.mask_truncated_completions and self.truncated_mask == "positive"
+
     @model_validator(mode="after")
     def _check_overlong_buffer(self) -> "TrainParams":
         if self.overlong_buffer >= self.max_completion_length:

@@ -142,7 +142,7 @@ def grpo_config_kwargs(
         loss_type=tp.loss_type,
         scale_rewards=tp.scale_rewards,
         # `truncated_mask: positive` masks after the advantages are known (train.rollouts)
-        mask_truncated_completions=tp.mask_truncated_completions and tp.truncated_mask == "all",
+        mask_truncated_completions=tp.mask_truncated_completions and not tp.masks_cut_gains_only,
         # sampling
         max_completion_length=tp.max_completion_length,
         temperature=tp.temperature,

@@ -357,7 +357,7 @@ def _build_trainer(trainer_cls: type, params: Params, backend: str, run_dir: Pat
         total_steps=tp.max_steps,
         rollout_sink=sink,
         rollout_buckets=tp.rollout_buckets,
-        mask_truncated_gains=tp.mask_truncated_completions and tp.truncated_mask == "positive",
+        mask_truncated_gains=tp.masks_cut_gains_only,
     )
 
 
