@@ -24,6 +24,7 @@ from ruscarl_lib.common.paths import (
 )
 from ruscarl_lib.params import (
     load_params,
+    save_params,
 )
 from ruscarl_lib.sweeps.executors import (
     LOGS_DIR,
@@ -113,7 +114,12 @@ def run_sweep(
     if spec.prepare_sandbox:
         from ruscarl_lib.sandbox.prepare import prepare_sandbox
 
-        base_path = prepare_sandbox(load_params(base_path), root / "sandbox").params_path
+        files = prepare_sandbox(load_params(base_path), root / "sandbox")
+        base_path = files.params_path
+        if spec.sandbox_split == "validation":  # its own params file, so its run ids differ from held-out ones
+            scored = files.params.model_copy(deep=True)
+            scored.eval.data_path = str(files.validation_path)
+            base_path = save_params(scored, root / "sandbox" / "sandbox_params_validation.yaml")
     sources = [notebook_source(n, sweep_dir) for n in spec.notebooks]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:

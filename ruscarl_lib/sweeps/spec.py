@@ -84,6 +84,10 @@ class SweepSpec(BaseModel):
         False, description="Prepare the CPU sandbox of `base` once (world splits, cached warm start) and "
                            "start every run from the prepared params instead of `base` itself.",
     )
+    sandbox_split: Literal["heldout", "validation"] = Field(
+        "heldout", description="With prepare_sandbox: the split the runs evaluate on. A sweep that chooses "
+                               "settings (a t0 / alpha grid) scores validation; held-out is reported once, after.",
+    )
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Crossed: every combination is a run.")
     points: list[dict[str, Any]] = Field(default_factory=list, description="Explicit runs (override dicts).")
     combine: Literal["union", "product"] = Field(
@@ -200,14 +204,18 @@ def _slug(varied: dict[str, Any], max_len: int = 60) -> str:
 
 
 def run_id_for(effective_params: dict[str, Any], notebook_parameters: dict[str, Any], varied: dict[str, Any],
-               process: dict[str, Any] | None = None) -> str:
+               process: dict[str, Any] | None = None, split: str | None = None) -> str:
     """`<slug>-<8 hex>`. The hash covers the base params with the overrides applied (as written,
     before schema defaults, so a library upgrade does not rename runs), the notebook parameters
     and the process settings (threads and kernels change results): two points that end up with
-    the same settings are one run. Where a run executes (executor, GPUs) is not part of it."""
+    the same settings are one run. Where a run executes (executor, GPUs) is not part of it.
+    `split` (a sandbox sweep scored on validation) joins the hash only when given, so held-out
+    sweeps keep their run ids."""
     shape: dict[str, Any] = {"params": effective_params, "notebook": notebook_parameters}
     if process is not None:
         shape["process"] = process
+    if split is not None:
+        shape["split"] = split
     digest = hashlib.sha256(_canonical(shape).encode()).hexdigest()[:8]
     return f"{_slug(varied)}-{digest}"
 
@@ -248,6 +256,7 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
     base_raw = read_yaml_mapping(base_path, f"base params file of sweep {spec.name!r}")
     points = _with_seeds(spec, _points(spec))
     process = spec.process.model_dump(mode="json")
+    split = spec.sandbox_split if spec.prepare_sandbox and spec.sandbox_split != "heldout" else None
     varied_keys = list(dict.fromkeys(k for p in points for k in p))
     runs: list[SweepRun] = []
     seen: set[str] = set()
@@ -260,7 +269,7 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
         for key, value in overrides.items():
             set_dotted(raw, key, value)
         effective = params_from_dict(copy.deepcopy(raw), source=f"{base_path} + {overrides}").model_dump(mode="json")
-        run_id = run_id_for(raw, nb_params, point, process)
+        run_id = run_id_for(raw, nb_params, point, process, split)
         digest = run_id.rsplit("-", 1)[1]
         point_id = ""
         if spec.seeds:
@@ -268,7 +277,8 @@ def expand_runs(spec: SweepSpec, sweep_dir: Path | None = None) -> list[SweepRun
             for key, value in overrides.items():
                 if key != spec.seed_key:
                     set_dotted(unseeded, key, value)
-            point_id = run_id_for(unseeded, nb_params, {k: v for k, v in point.items() if k != spec.seed_key}, process)
+            point_id = run_id_for(unseeded, nb_params, {k: v for k, v in point.items() if k != spec.seed_key},
+                                  process, split)
         if digest in seen:  # same settings as an earlier point, whatever it was called
             continue
         seen.add(digest)
