@@ -233,6 +233,12 @@ class TrainParams(_Section):
         description="transformers optimizer name; explicit so Unsloth's adamw_8bit default never applies.",
     )
     kl_coef: float = Field(1e-3, ge=0, description="beta; TRL's KL is the k3 estimator.")
+    kl_log_ratio_cap: float | None = Field(
+        None, gt=0,
+        description="Cap c on the per-token log ratio log(ref/policy) inside the k3 estimate (TRL's loss path, "
+                    "needs kl_coef > 0): beyond it the penalty is k3(c) and its gradient that of k3 at c, "
+                    "bounded by e^c - 1 instead of growing as e^(log ratio). None: TRL's k3 unchanged.",
+    )
     epsilon: float = Field(0.2, gt=0, description="Lower (and default upper) clip range.")
     epsilon_high: float | None = Field(None, gt=0)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = Field(
@@ -316,6 +322,8 @@ class TrainParams(_Section):
         if self.overlong_buffer >= self.max_completion_length:
             raise ValueError(f"overlong_buffer={self.overlong_buffer} must be below "
                              f"max_completion_length={self.max_completion_length}")
+        if self.kl_log_ratio_cap is not None and self.kl_coef == 0:
+            raise ValueError(f"kl_log_ratio_cap={self.kl_log_ratio_cap} caps the KL term, which kl_coef=0 turns off")
         if self.truncated_mask != "all" and not self.mask_truncated_completions:
             raise ValueError(f"truncated_mask={self.truncated_mask!r} needs "
                              "mask_truncated_completions: true (it says which cut answers are masked)")

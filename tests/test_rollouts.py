@@ -312,6 +312,46 @@ def test_truncated_mask_positive_keeps_cut_answers_that_lose(model_dir, tmp_path
     assert kinds["cut, gains"] and kinds["cut, loses"], kinds  # both cases really occurred
 
 
+class _KLCapProbe:
+    """Records each capping: the reference log-probs before, the policy's, and the batch TRL reads."""
+
+    def _cap_kl_log_ratio(self, inputs, per_token_logps):
+        before = inputs["ref_per_token_logps"]
+        super()._cap_kl_log_ratio(inputs, per_token_logps)
+        self.caps = [*getattr(self, "caps", []), (before.clone(), per_token_logps.detach().clone(),
+                                                  inputs["ref_per_token_logps"].clone(), inputs["completion_mask"])]
+
+    def _compute_loss(self, model, inputs):
+        ref = inputs.get("ref_per_token_logps")
+        kept = None if ref is None else ref.clone()
+        loss = super()._compute_loss(model, inputs)
+        if kept is not None:  # the batch itself is not rewritten (it may be used again)
+            assert torch.equal(inputs["ref_per_token_logps"], kept)
+        return loss
+
+
+def test_kl_log_ratio_cap_bounds_the_reference_log_ratio(model_dir, tmp_path):
+    """`train.kl_log_ratio_cap`: in the batch TRL's k3 term reads, log(ref/policy) is capped at c
+    (ref replaced by min(ref, policy + c)), tokens below the cap are unchanged, and both kinds occur."""
+    with pytest.raises(ValueError, match="kl_coef=0 turns off"):
+        TrainParams(model="m", kl_coef=0.0, kl_log_ratio_cap=3.0)
+    cap = 1e-6
+    params = tiny_params(model_dir, tmp_path, "klcap", max_steps=3, kl_coef=0.05, kl_log_ratio_cap=cap)
+    res = run_training(params, train_examples=make_examples(4), reward_funcs=[_spread_reward],
+                       trainer_cls=_KLCapProbe)
+    assert len(res.trainer.caps) >= 3  # every loss computation of every step was capped
+    capped = untouched = 0
+    for before, policy, after, mask in res.trainer.caps:
+        assert torch.allclose(after, torch.minimum(before, policy + cap))
+        over = (before - policy > cap) & mask.bool()
+        capped += int(over.sum())
+        untouched += int((~over & mask.bool()).sum())
+        assert torch.equal(after[~over], before[~over])
+    assert capped and untouched, (capped, untouched)
+    m = read_metrics(res.run_dir)
+    assert "kl/capped_token_ratio" in m.columns and m["kl/capped_token_ratio"].dropna().between(0, 1).all()
+
+
 # --------------------------------------------------------------------------------------------
 # Baseline = same path with the flag off = stock TRL
 # --------------------------------------------------------------------------------------------

@@ -227,6 +227,25 @@ def test_shipped_ablation_sweep_expands_and_validates():
     assert spec.process.threads == 1 and spec.resources.gpus == 0
     # MeRF keeps the rubric in the prompt for generation and for the loss (METHOD.md section 7)
     assert all(r.settings["scaffold.in_loss"] is True and r.settings["scaffold.step_decay"] == "constant" for r in merf)
+    # it chooses t0 and alpha, so it scores validation, and its run ids are not a held-out sweep's
+    assert spec.sandbox_split == "validation"
+    heldout = expand_runs(spec.model_copy(update={"sandbox_split": "heldout"}), folder)
+    assert not {r.run_id for r in runs} & {r.run_id for r in heldout}
+    assert not {r.point_id for r in runs} & {r.point_id for r in heldout}
+
+
+def test_sandbox_split_only_renames_runs_that_score_validation(tmp_path, sweep):
+    """Held-out (the default) keeps the ids sweeps had before the field existed; validation is
+    hashed in, so a validation sweep never reuses a held-out run's folder."""
+    spec, folder = load_sweep(sweep[0])
+    before = [r.run_id for r in expand_runs(spec, folder)]
+    as_heldout = spec.model_copy(update={"prepare_sandbox": True, "sandbox_split": "heldout"})
+    assert [r.run_id for r in expand_runs(as_heldout, folder)] == before
+    not_prepared = spec.model_copy(update={"sandbox_split": "validation"})  # no sandbox: nothing to score
+    assert [r.run_id for r in expand_runs(not_prepared, folder)] == before
+    as_validation = spec.model_copy(update={"prepare_sandbox": True, "sandbox_split": "validation"})
+    renamed = [r.run_id for r in expand_runs(as_validation, folder)]
+    assert len(renamed) == len(before) and not set(renamed) & set(before)
 
 
 def test_templated_parameters_are_filled_per_run(tmp_path):
@@ -263,3 +282,5 @@ def test_sandbox_sweep_trains_then_evaluates_what_it_trained(tmp_path):
     assert Path(evaluated) == trained / "model"
     assert 0.0 <= row["04_evaluate.score"] <= 1.0 and row["03_train_grpo.rl_steps"] == 2
     assert (result.root / "sandbox" / "sandbox_params.yaml").exists()
+    scored = yaml.safe_load((run_dir / "04_evaluate" / "params.yaml").read_text())["eval"]["data_path"]
+    assert Path(scored) == result.root / "sandbox" / "validation.jsonl"  # the shipped sweep's sandbox_split

@@ -47,6 +47,7 @@ from ruscarl_lib.train.trl_compat import (
     install_logprob_fallback,
     keep_vllm_cpu_weights_reloadable,
 )
+from ruscarl_lib.train.checks import is_unsloth_class
 from ruscarl_lib.train.trl_version import check_trl_support
 
 # Fields the rollout hook adds to every row (TRL forwards them to reward functions as kwargs).
@@ -124,6 +125,7 @@ class ScaffoldedGRPOMixin:
       mask_truncated_gains: leave out of the loss only the answers cut at the length cap whose
         advantage is positive (`train.truncated_mask: positive`; pass GRPOConfig's own
         `mask_truncated_completions=False` with it).
+      kl_log_ratio_cap: cap c on log(ref/policy) inside TRL's k3 KL term (`train.kl_log_ratio_cap`).
     Evaluation rollouts are never scaffolded. The first RL step of every run is checked live
     against the clean-prompt contract (`train.contract.RuntimeContract`); a violation stops training.
     """
@@ -138,9 +140,13 @@ class ScaffoldedGRPOMixin:
         rollout_sink: RolloutSink | None = None,
         rollout_buckets: int = 1,
         mask_truncated_gains: bool = False,
+        kl_log_ratio_cap: float | None = None,
         **kwargs: Any,
     ) -> None:
         check_trl_support(type(self))
+        if kl_log_ratio_cap is not None and is_unsloth_class(type(self)):
+            raise ValueError("train.kl_log_ratio_cap acts on TRL's loss; Unsloth's rewritten trainer computes "
+                             "its own KL term, which the cap would silently miss")
         install_logprob_fallback()
         if kwargs.get("rollout_func") is not None:
             raise ValueError("ScaffoldedGRPOTrainer provides its own rollout_func")
@@ -169,6 +175,8 @@ class ScaffoldedGRPOMixin:
             raise ValueError("mask_truncated_gains replaces TRL's mask_truncated_completions; "
                              "pass the GRPOConfig with it off")
         self.mask_truncated_gains = bool(mask_truncated_gains)
+        self.kl_log_ratio_cap = None if kl_log_ratio_cap is None else float(kl_log_ratio_cap)
+        self._loss_inputs: dict[str, Any] | None = None  # the batch whose KL is being capped
         self._rows: list[dict[str, Any]] | None = None
         self._plans: list[RolloutPlan] | None = None
         self._capture: dict[str, Any] | None = None
@@ -432,9 +440,47 @@ class ScaffoldedGRPOMixin:
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         if self._contract is not None and self.training_rollout():
             self._contract.observe(input_ids, attention_mask, logits_to_keep, grad=torch.is_grad_enabled())
-        return super()._get_per_token_logps_and_entropies(
+        out = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
         )
+        if self._loss_inputs is not None:  # the policy's log-probs of the loss (its only call here)
+            inputs, self._loss_inputs = self._loss_inputs, None
+            self._cap_kl_log_ratio(inputs, out[0])
+        return out
+
+    # -- the KL term -------------------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs):
+        if self.kl_log_ratio_cap is None or inputs.get("ref_per_token_logps") is None:
+            return super()._compute_loss(model, inputs)
+        capped = dict(inputs)  # the batch may be reused (num_iterations > 1): its ref log-probs stay
+        self._loss_inputs = capped
+        try:
+            return super()._compute_loss(model, capped)
+        finally:
+            self._loss_inputs = None
+
+    def _cap_kl_log_ratio(self, inputs: dict[str, Any], per_token_logps: torch.Tensor) -> None:
+        """Bound TRL's k3 term, exp(d) - d - 1 with d = log(ref/policy), where d exceeds the cap c.
+
+        The loss is computed on the clean prompt while rollouts were sampled from the scaffolded
+        one, so a hinted token the clean policy finds unlikely but the reference likes has a large
+        d, and k3 and its gradient grow as e^d (measured: 1e9 on the sandbox). Replacing the
+        reference log-prob by min(ref, policy.detach() + c) keeps k3 exact up to c; beyond it the
+        value is k3(c) and the gradient that of k3 at d = c, so it still pulls towards the
+        reference, at most e^c - 1 per token. Called with the loss's log-probs, before TRL reads
+        the reference ones.
+        """
+        ref = inputs["ref_per_token_logps"]
+        limit = per_token_logps.detach() + self.kl_log_ratio_cap
+        inputs["ref_per_token_logps"] = torch.minimum(ref, limit)
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            mask = inputs["completion_mask"].bool()
+            hit = ((ref > limit) & mask).sum()
+            count = self.accelerator.gather(torch.stack([hit, mask.sum()]).reshape(1, 2)).sum(dim=0)
+            mode = "train" if self.model.training else "eval"
+            metrics[mode]["kl/capped_token_ratio"].append(float(count[0]) / max(float(count[1]), 1.0))
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
