@@ -146,3 +146,6 @@ def test_overrides_that_change_nothing_do_not_fork_the_cell_folder():
     steps = {"train.max_steps": 150}
     assert effective_overrides(cells, "params/sandbox.yaml", steps) == steps
     assert effective_overrides(cells[1:], "params/sandbox.yaml", steps) == {}
+    # a key valid only with another (the cap needs a KL term) is kept, not probed into an error
+    paired = {"train.kl_coef": 0.1, "train.kl_log_ratio_cap": 3.0}
+    assert effective_overrides(cells, "params/sandbox.yaml", paired) == paired

@@ -291,10 +291,19 @@ def effective_overrides(cells: Sequence[Cell], params_file: str | Path, extra: d
     kept = dict(extra)
     for key in list(kept):
         rest = {k: v for k, v in kept.items() if k != key}
-        if all(cell_params(c, params_file, kept).model_dump() == cell_params(c, params_file, rest).model_dump()
+        if all(cell_params(c, params_file, kept).model_dump() == _params_or_none(c, params_file, rest)
                for c in cells):
             kept = rest
     return kept
+
+
+def _params_or_none(cell: Cell, params_file: str | Path, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell's params, or None where the overrides are only valid together with the one left
+    out (`train.kl_log_ratio_cap` without `train.kl_coef`): that one then changes something."""
+    try:
+        return cell_params(cell, params_file, overrides).model_dump()
+    except ValueError:  # ParamsError: the combination is refused
+        return None
 
 
 def load_cell(root: Path, cell: Cell, digest: str, split: str, extra: dict[str, Any] | None) -> dict[str, Any] | None:
