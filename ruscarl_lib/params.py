@@ -278,16 +278,18 @@ class TrainParams(_Section):
         1,
         ge=1,
         description=(
-            "HF generate only: split a scaffolded rollout batch into at most this many length "
-            "buckets (fewest batches minimising padded prompt tokens) so short rows are not "
-            "left-padded to the longest scaffold; 1: one batch. Rows, groups, scaffold seeds and "
-            "the rollout table are unchanged; sampled tokens differ from one batch (the RNG is "
-            "drawn in batch shape). Every extra bucket is one more generate call, which pays off "
-            "only when padding outweighs a call's fixed per-token cost: on 2 CPU cores with the "
-            "tiny model, 4 buckets made an 8-row batch slower (benchmarks/train_overhead.py) but "
-            "2 saved ~17% of generation time at 64 rows. vLLM (and continuous batching) "
-            "schedule sequences of any length without padding and need no bucketing: ignored "
-            "there, as under ZeRO-3/FSDP."
+            "HF generate only: prefill a scaffolded rollout batch in at most this many length "
+            "buckets (fewest buckets minimising padded prompt tokens), then decode all its rows "
+            "together from the merged KV cache, so short rows are not prefilled at the length "
+            "of the longest scaffold; 1: one plain generate call. Rows, groups, scaffold seeds, "
+            "the rollout table and the sampling RNG stream are those of one call; tokens differ "
+            "only where the prefill's floating-point sums move a logit. Each bucket is one more "
+            "prefill forward: it pays where prefill compute dominates (a real model on CPU: "
+            "SmolLM2-135M, see README 'What scaffolds cost per step'), not for the sandbox's tiny "
+            "model, whose calls are per-forward overhead. Models whose cache is not a plain "
+            "DynamicCache (sliding-window or hybrid layers) run one call. vLLM (and continuous "
+            "batching) schedule sequences of any length without padding and need no bucketing: "
+            "ignored there, on Unsloth's rewritten trainer, and under ZeRO-3/FSDP."
         ),
     )
     # Generation backends

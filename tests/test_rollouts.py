@@ -656,7 +656,7 @@ def test_length_buckets_are_optimal_and_cover_every_row():
     import itertools
     import random
 
-    from ruscarl_lib.train.rollouts import length_buckets
+    from ruscarl_lib.train.length_buckets import length_buckets
 
     def cost(buckets, lengths):
         return sum(len(b) * max(lengths[i] for i in b) for b in buckets)
@@ -747,8 +747,10 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
     single, single_calls, single_pairs = run("single", 1)
     bucketed, bucketed_calls, bucketed_pairs = run("bucketed", 4)
     truth, truth_calls, truth_pairs = run("alone", 1, one=True)
-    assert [c["batch_sizes"] for c in single_calls] == [[16]]
-    assert len(bucketed_calls) == 1 and len(bucketed_calls[0]["batch_sizes"]) > 1  # really bucketed
+    assert [(c["batch_sizes"], c["prefill_buckets"]) for c in single_calls] == [([16], [])]
+    # one decode batch of all rows, its prefill really in length buckets
+    assert len(bucketed_calls) == 1 and bucketed_calls[0]["batch_sizes"] == [16]
+    assert len(bucketed_calls[0]["prefill_buckets"]) > 1 and sum(bucketed_calls[0]["prefill_buckets"]) == 16
     assert len(truth_calls) == 16 and len(set(truth["rollout_prompt_tokens"])) > 4
     assert truth["completion"].nunique() >= 8  # completions depend on the prompt
 
@@ -782,6 +784,108 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
         assert len(rows) <= len(pairs) // 4, differing
         same = [r for r in range(len(table)) if r not in rows]
         assert list(table["completion"][same]) == list(truth["completion"][same])
+
+
+def _left_padded(lengths, vocab, pad, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = torch.randint(5, vocab, (n,), generator=g)
+        mask[i, width - n:] = 1
+    return ids, mask
+
+
+def test_bucketed_prefill_decodes_like_one_padded_batch(sharp_model_dir):
+    """The merged cache of a bucketed prefill holds every row's keys and values of a single
+    padded prefill (padding columns aside), and generate decoding from it picks the same greedy
+    tokens with the same scores; the model's own `generate` is back afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.train.length_buckets import bucketed_prefill, length_buckets, prefill_in_buckets
+
+    model = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    lengths = [40, 31, 7, 7, 38, 12, 3, 1]
+    ids, mask = _left_padded(lengths, model.config.vocab_size, model.config.pad_token_id)
+    with torch.no_grad():
+        cache, sizes = prefill_in_buckets(model, ids, mask, 3)
+        assert sizes == [len(b) for b in length_buckets(lengths, 3)] == [4, 1, 3]
+        positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+        whole = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
+                      use_cache=True).past_key_values
+        real = mask[:, :-1].bool()
+        for merged, ref in zip(cache.layers, whole.layers):
+            for a, b in ((merged.keys, ref.keys), (merged.values, ref.values)):
+                assert a.shape == b.shape
+                assert torch.allclose(a.transpose(1, 2)[real], b.transpose(1, 2)[real], atol=1e-5)
+                assert not a.transpose(1, 2)[~real].any()  # padding columns stay empty
+        kw = dict(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                  output_scores=True, return_dict_in_generate=True, pad_token_id=model.config.pad_token_id)
+        plain = model.generate(**kw)
+        with bucketed_prefill(model, 3) as record:
+            bucketed = model.generate(**kw)
+        assert "generate" not in vars(model)
+    assert record.fallback is None and record.bucket_sizes == [4, 1, 3]
+    assert torch.equal(plain.sequences, bucketed.sequences)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(plain.scores, bucketed.scores))  # -inf alike
+
+
+def test_bucketed_prefill_falls_back_where_it_cannot_help(sharp_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.train.length_buckets import bucketed_prefill, prefill_in_buckets
+
+    model = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    vocab, pad = model.config.vocab_size, model.config.pad_token_id
+    ids, mask = _left_padded([9, 9, 9], vocab, pad)
+    assert prefill_in_buckets(model, ids, mask, 4) == (None, "one bucket already minimises padding")
+    ids, mask = _left_padded([9, 2, 9], vocab, pad)
+    assert prefill_in_buckets(model, ids.flip(-1), mask.flip(-1), 4)[1] == "batch is not left-padded"
+    with torch.no_grad(), bucketed_prefill(model, 4) as record:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                             pad_token_id=pad, past_key_values=None)
+    assert out.shape == (3, 11) and record.bucket_sizes == [1, 2]
+    with torch.no_grad(), bucketed_prefill(model, 4) as record:
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=pad)
+    assert record.fallback == "not a plain input_ids/attention_mask call" and not record.bucket_sizes
+
+
+def test_cpu_gqa_attention_is_bit_identical_to_stock_sdpa(model_dir):
+    """Grouped KV heads with a padding mask: outputs and greedy tokens equal stock `sdpa` bit for
+    bit; with autograd on, the stock function runs (so loss gradients are stock's too); models
+    without grouped heads are left alone."""
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.models.attention import NAME, use_cpu_gqa_attention
+    from ruscarl_lib.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    stock = AutoModelForCausalLM.from_pretrained(model_dir)
+    ours = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert stock.config.num_key_value_heads < stock.config.num_attention_heads
+    assert use_cpu_gqa_attention(ours) and ours.config._attn_implementation == NAME
+    assert not use_cpu_gqa_attention(build_tiny_model(build_tiny_tokenizer(), num_heads=4, num_kv_heads=4))
+    ids, mask = _left_padded([30, 4, 17, 30], stock.config.vocab_size, stock.config.pad_token_id)
+    calls = []
+    import ruscarl_lib.models.attention as attention
+
+    real = attention._grouped_sdpa
+    attention._grouped_sdpa = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        with torch.no_grad():
+            a = stock(input_ids=ids, attention_mask=mask).logits
+            b = ours(input_ids=ids, attention_mask=mask).logits
+            assert calls, "the grouped path did not run"
+            assert torch.equal(a[mask.bool()], b[mask.bool()])
+            kw = dict(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=5, pad_token_id=0)
+            assert torch.equal(stock.generate(**kw), ours.generate(**kw))
+        calls.clear()
+        stock(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        ours(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        assert not calls
+    finally:
+        attention._grouped_sdpa = real
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(stock.parameters(), ours.parameters()))
 
 
 def test_vllm_cpu_linear_patch_keeps_loaded_weights_and_is_idempotent(monkeypatch):

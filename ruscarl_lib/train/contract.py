@@ -148,10 +148,11 @@ class ContractProbeMixin:
         return completion_ids, logprobs
 
     def _generate_bucketed(self, prompt_ids, scaffolded):
-        # Length buckets make several generate calls per rollout round; record them as one call
-        # in row order (what the contract checks), after checking that the calls' (prompt,
-        # completion) pairs are exactly the round's.
+        # A rollout round is one generate call (its prefill possibly in length buckets): record
+        # it in row order (what the contract checks) with the bucket sizes of its prefill, after
+        # checking that the call's (prompt, completion) pairs are exactly the round's.
         before = len(self.gen_calls)
+        self.last_prefill = None
         completion_ids = super()._generate_bucketed(prompt_ids, scaffolded)
         inner = self.gen_calls[before:]
         merged = {
@@ -159,10 +160,11 @@ class ContractProbeMixin:
             "prompt_ids": [tuple(p) for p in prompt_ids],
             "completion_ids": [tuple(c) for c in completion_ids],
             "batch_sizes": [len(c["prompt_ids"]) for c in inner],
+            "prefill_buckets": list(self.last_prefill.bucket_sizes) if self.last_prefill else [],
         }
         pairs = Counter(pc for c in inner for pc in zip(c["prompt_ids"], c["completion_ids"]))
         if pairs != Counter(zip(merged["prompt_ids"], merged["completion_ids"])):
-            raise ContractViolation("bucketed generation attached completions to prompts they were not generated from")
+            raise ContractViolation("generation attached completions to prompts they were not generated from")
         self.gen_calls[before:] = [merged]
         return completion_ids
 

@@ -27,7 +27,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from accelerate.utils import gather_object
@@ -36,6 +36,7 @@ from ruscarl_lib.params import ScaffoldParams
 from ruscarl_lib.scaffold.render import scaffold_example
 from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
 from ruscarl_lib.train.contract import RuntimeContract
+from ruscarl_lib.train.length_buckets import bucketed_prefill
 from ruscarl_lib.train.dataset import (
     ID_COLUMN,
     PROMPT_COLUMN,
@@ -73,41 +74,6 @@ class RolloutPlan:
 RolloutSink = Callable[[int, list[dict[str, Any]]], None]
 
 
-def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
-    """Row indices split into at most `max_buckets` batches that minimise padded prompt tokens.
-
-    A batch costs (rows x its longest prompt) under left-padding. Rows sorted by length are cut
-    into contiguous runs by dynamic programming (exact optimum); the fewest batches reaching the
-    optimum are used, so rows of equal length are never split for nothing. Within a batch rows
-    keep their original order; batches come shortest first.
-    """
-    import numpy as np
-
-    n = len(lengths)
-    if n == 0:
-        return []
-    order = sorted(range(n), key=lambda i: (lengths[i], i))
-    L = np.array([lengths[i] for i in order], dtype=np.int64)
-    k = max(1, min(int(max_buckets), n))
-    # best[c][j]: least cost of the first j sorted rows in c batches; cut[c][j]: start of the last
-    best = np.full((k + 1, n + 1), np.iinfo(np.int64).max // 4, dtype=np.int64)
-    cut = np.zeros((k + 1, n + 1), dtype=np.int64)
-    best[0, 0] = 0
-    starts = np.arange(n + 1)
-    for c in range(1, k + 1):
-        for j in range(1, n + 1):
-            cost = best[c - 1, :j] + (j - starts[:j]) * L[j - 1]
-            i = int(np.argmin(cost))
-            best[c, j], cut[c, j] = cost[i], i
-    c = int(np.argmin(best[1:, n])) + 1  # argmin takes the first, i.e. the fewest batches
-    bounds, j = [], n
-    while c > 0:
-        i = int(cut[c, j])
-        bounds.append((i, j))
-        j, c = i, c - 1
-    return [sorted(order[i:j]) for i, j in reversed(bounds)]
-
-
 def _scaffold_rollout_func(prompts: list, trainer: "ScaffoldedGRPOMixin") -> dict[str, Any]:
     return trainer._scaffolded_rollout(prompts)
 
@@ -121,7 +87,8 @@ class ScaffoldedGRPOMixin:
       total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
       rollout_sink: called on the main process once per RL step with the step number and the
         records of every rollout of that step (all processes gathered).
-      rollout_buckets: HF-generate batches per scaffolded rollout batch (`train.rollout_buckets`).
+      rollout_buckets: length buckets of the HF-generate prefill of a scaffolded rollout batch
+        (`train.rollout_buckets`).
       mask_truncated_gains: leave out of the loss only the answers cut at the length cap whose
         advantage is positive (`train.truncated_mask: positive`; pass GRPOConfig's own
         `mask_truncated_completions=False` with it).
@@ -171,6 +138,7 @@ class ScaffoldedGRPOMixin:
         self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
         self.rollout_sink = rollout_sink
         self.rollout_buckets = int(rollout_buckets)
+        self.last_prefill = None  # the PrefillRecord of the last bucketed generate call
         if mask_truncated_gains and config.mask_truncated_completions:
             raise ValueError("mask_truncated_gains replaces TRL's mask_truncated_completions; "
                              "pass the GRPOConfig with it off")
@@ -382,27 +350,27 @@ class ScaffoldedGRPOMixin:
 
         HF generate left-pads a batch to its longest prompt, and sample 0 of every group carries
         the whole rubric, so a single call makes every row pay for the longest scaffold. With
-        `rollout_buckets` > 1 the rows go through generate in at most that many batches of
-        similar length (`length_buckets`); completions come back in the original row order, so
-        group positions, scaffold seeds and the rollout table are unchanged. Only the sampling
-        RNG stream differs (TRL's HF path draws from the global torch generator in batch
-        shape), so sampled tokens differ from a single call with the same seed, with the same
-        distribution. One call as before when nothing is scaffolded (the baseline stays stock
-        TRL), with vLLM or continuous batching (no padding there), and under ZeRO-3/FSDP
-        (every process must run the same number of forward passes).
+        `rollout_buckets` > 1 the batch's prefill runs in at most that many length buckets
+        (`length_buckets.bucketed_prefill`) and all rows are then decoded together, in one
+        generate call: rows, group positions, scaffold seeds, the rollout table and the
+        sampling RNG stream are those of a single call, and sampled tokens differ from it only
+        where the prefill's floating-point sums (different batch shapes) move a logit. One plain
+        call as before when nothing is scaffolded (the baseline stays stock TRL), with vLLM or
+        continuous batching (no padding there), on Unsloth's rewritten trainer (its own
+        generation path), and under ZeRO-3/FSDP (every process must run the same number of
+        forward passes). `last_prefill` records what the last call did.
         """
         k = int(getattr(self, "rollout_buckets", 1))
         sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
         )
-        if k <= 1 or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching or sharded:
+        if (k <= 1 or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching or sharded
+                or is_unsloth_class(type(self))):
             return self._generate_single_turn(prompt_ids, None, {}, 1)[0]
-        out: list = [None] * len(prompt_ids)
-        for rows in length_buckets([len(p) for p in prompt_ids], k):
-            completions, _ = self._generate_single_turn([prompt_ids[i] for i in rows], None, {}, 1)
-            for i, c in zip(rows, completions):
-                out[i] = c
-        return out
+        with bucketed_prefill(self.accelerator.unwrap_model(self.model_wrapped), k) as record:
+            completions = self._generate_single_turn(prompt_ids, None, {}, 1)[0]
+        self.last_prefill = record
+        return completions
 
     def _log_scaffold_metrics(self, plans, rollout_ids, clean_ids) -> None:
         device = self.accelerator.device
