@@ -74,6 +74,7 @@ def bench_trainer_cls(targets: dict[int, int | list[int]] | None):
             self.generation_kwargs["min_new_tokens"] = n
             self.cpu_step_times: list[float] = []
             self.generated_prompt_tokens: list[int] = []
+            self.generation_times: dict[int, float] = {}  # RL step -> wall seconds in generate
             self._cpu = 0.0
 
         def training_step(self, model, inputs, num_items_in_batch):
@@ -95,7 +96,12 @@ def bench_trainer_cls(targets: dict[int, int | list[int]] | None):
                         raise RuntimeError(f"{len(prompt_ids)} generation rows, {len(target)} row targets")
                     prompt_ids = [_lengthen(list(p), t) for p, t in zip(prompt_ids, target)]
                 self.generated_prompt_tokens.extend(len(p) for p in prompt_ids)
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
+            t0 = time.perf_counter()
+            out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
+            if self.model.training:
+                step = self.rl_step_at(self.state.global_step)
+                self.generation_times[step] = self.generation_times.get(step, 0.0) + time.perf_counter() - t0
+            return out
 
     return BenchTrainer
 
@@ -134,12 +140,14 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
     wall_steps = list(m["step_time"])
     cpu_steps = list(result.trainer.cpu_step_times)
     gen_tokens = result.trainer.generated_prompt_tokens
+    gen_times = [t for _, t in sorted(result.trainer.generation_times.items())]
     return {
         "arm": arm,
         "step_time_s": statistics.median(wall_steps[1:] or wall_steps),
         "cpu_step_time_s": statistics.median(cpu_steps[1:] or cpu_steps),
         "step_times_s": [round(t, 4) for t in wall_steps],
         "wall_s": round(wall, 2),
+        "generation_s": statistics.median(gen_times[1:] or gen_times),
         "generation_prompt_tokens": statistics.mean(gen_tokens),
         "clean_prompt_tokens": float(roll["clean_prompt_tokens"].mean()),
         "completion_tokens": float(roll["completion_tokens"].mean()),
@@ -284,6 +292,7 @@ def main() -> None:
     first = reps[0]
     off_on_floor = "/".join(f"{statistics.median(rep[a]['step_time_s'] for rep in reps):.3f}" for a in HF_ARMS)
     on_floor = ratios("step_time_s", "on", "floor")
+    gen_times = "/".join(f"{statistics.median(rep[a]['generation_s'] for rep in reps):.3f}" for a in HF_ARMS)
     print(
         f"train_overhead: {Path(args.model).name if args.model else 'tiny model'}, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
         f"{first['on']['prompts_per_step']} prompts per step, {args.steps} steps "
@@ -294,7 +303,10 @@ def main() -> None:
         f"ratio on/off {_fmt(ratios('step_time_s', 'on', 'off'))}, floor {_fmt(ratios('step_time_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(on_floor)} (goal <= 1.05: {'met' if statistics.median(on_floor) <= 1.05 else 'NOT met'}), "
         f"ratio/padded {_fmt(ratios('step_time_s', 'on', 'padded'))} (the scaffold code beyond the batch's shape), "
-        f"padded/floor {_fmt(ratios('step_time_s', 'padded', 'floor'))} (the padding); CPU time: ratio {_fmt(ratios('cpu_step_time_s', 'on', 'off'))}, "
+        f"padded/floor {_fmt(ratios('step_time_s', 'padded', 'floor'))} (the padding); generation only (HF generate "
+        f"wall time per step, off/on/floor/padded {gen_times}s): "
+        f"ratio {_fmt(ratios('generation_s', 'on', 'off'))}, floor {_fmt(ratios('generation_s', 'floor', 'off'))}, "
+        f"ratio/floor {_fmt(ratios('generation_s', 'on', 'floor'))}; CPU time: ratio {_fmt(ratios('cpu_step_time_s', 'on', 'off'))}, "
         f"floor {_fmt(ratios('cpu_step_time_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(ratios('cpu_step_time_s', 'on', 'floor'))}"
         + (f"; peak CUDA memory off/on/floor/padded {'/'.join(str(first[a]['peak_memory_mb']) for a in HF_ARMS)} MB"
