@@ -95,7 +95,7 @@ def load_eval_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.models.attention import use_cpu_gqa_attention
+    from ruscarl_lib.models.attention import use_cpu_sdpa
     from ruscarl_lib.models.tiny import load_tokenizer
 
     if device is None:
@@ -109,7 +109,7 @@ def load_eval_model(
     # a fully fine-tuned run (train.finetune: full) saves whole weights where an adapter would be
     full_weights = adapter_dir is not None and not (adapter_dir / "adapter_config.json").exists()
     base = AutoModelForCausalLM.from_pretrained(str(adapter_dir) if full_weights else source, dtype=torch_dtype)
-    use_cpu_gqa_attention(base)  # left-padded evaluation batches on CPU: no KV copy per decode step
+    use_cpu_sdpa(base)  # left-padded evaluation batches on CPU: grouped KV under a mask, packed prefill
     if adapter_dir is not None and not full_weights:
         from peft import PeftModel
 

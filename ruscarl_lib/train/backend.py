@@ -130,7 +130,7 @@ def _load_unsloth(tp: TrainParams, seed: int) -> Policy:
 def _load_transformers(tp: TrainParams) -> Policy:
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.models.attention import use_cpu_gqa_attention
+    from ruscarl_lib.models.attention import use_cpu_sdpa
     from ruscarl_lib.models.tiny import load_tokenizer
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype_of(tp)}
@@ -148,7 +148,7 @@ def _load_transformers(tp: TrainParams) -> Policy:
         )
     source = resolve_model(tp.model)  # a registered local model's folder, else as given
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    use_cpu_gqa_attention(model)  # padded rollout batches on CPU: no KV copy per decode step
+    use_cpu_sdpa(model)  # padded rollout batches on CPU: grouped KV under a mask, packed prefill
     if tp.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
