@@ -274,23 +274,28 @@ class TrainParams(_Section):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.8, gt=0, le=1)
     top_k: int = Field(20, ge=0, description="0 disables top-k.")
-    rollout_buckets: int = Field(
-        1,
-        ge=1,
+    rollout_prefill: Literal["packed", "buckets", "padded"] = Field(
+        "packed",
         description=(
-            "HF generate only: prefill a scaffolded rollout batch in at most this many length "
-            "buckets (fewest buckets minimising padded prompt tokens), then decode all its rows "
-            "together from the merged KV cache, so short rows are not prefilled at the length "
-            "of the longest scaffold; 1: one plain generate call. Rows, groups, scaffold seeds, "
-            "the rollout table and the sampling RNG stream are those of one call; tokens differ "
-            "only where the prefill's floating-point sums move a logit. Each bucket is one more "
-            "prefill forward: it pays where prefill compute dominates (a real model on CPU: "
-            "SmolLM2-135M, see README 'What scaffolds cost per step'), not for the sandbox's tiny "
-            "model, whose calls are per-forward overhead. Models whose cache is not a plain "
-            "DynamicCache (sliding-window or hybrid layers) run one call. vLLM (and continuous "
-            "batching) schedule sequences of any length without padding and need no bucketing: "
-            "ignored there, on Unsloth's rewritten trainer, and under ZeRO-3/FSDP."
+            "HF generate only: how a scaffolded rollout batch (left-padded, rows of different "
+            "lengths) is prefilled before all its rows are decoded together. packed: one forward "
+            "over the rows' real tokens laid end to end, each row attending only to itself, so no "
+            "row is prefilled at the length of the longest scaffold and no padding mask is built "
+            "(CPU with the project's attention, full-attention layers; elsewhere a plain call); "
+            "buckets: at most `rollout_buckets` forwards, one per length bucket (any attention "
+            "implementation, e.g. a GPU); padded: one plain generate call. Rows, groups, scaffold "
+            "seeds, the rollout table and the sampling RNG stream are those of one call; tokens "
+            "differ only where the prefill's floating-point sums move a logit (packed: each row's "
+            "prefill equals the row's alone, to rounding). vLLM (and continuous batching) schedule "
+            "sequences of any length without padding: ignored there, on Unsloth's rewritten "
+            "trainer, and under ZeRO-3/FSDP. README 'What scaffolds cost per step' has the numbers."
         ),
+    )
+    rollout_buckets: int = Field(
+        4,
+        ge=1,
+        description="Length buckets of `rollout_prefill: buckets` (fewest buckets that minimise "
+        "padded prompt tokens, at most this many). Each bucket is one more prefill forward.",
     )
     # Generation backends
     use_vllm: bool = False

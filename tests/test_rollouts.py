@@ -648,7 +648,7 @@ def test_two_processes_keep_groups_and_seeds(model_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# Length-bucketed generation of scaffolded rollouts
+# Scaffolded rollouts prefilled without padding (packed rows, length buckets)
 # --------------------------------------------------------------------------------------------
 
 
@@ -656,7 +656,7 @@ def test_length_buckets_are_optimal_and_cover_every_row():
     import itertools
     import random
 
-    from ruscarl_lib.train.length_buckets import length_buckets
+    from ruscarl_lib.train.prefill import length_buckets
 
     def cost(buckets, lengths):
         return sum(len(b) * max(lengths[i] for i in b) for b in buckets)
@@ -692,9 +692,9 @@ def _greedy_cls(one_at_a_time: bool = False):
             self.generation_config.do_sample = False
             self.generation_kwargs["do_sample"] = False
 
-        def _generate_bucketed(self, prompt_ids, scaffolded):
+        def _generate_unpadded(self, prompt_ids, scaffolded):
             if not one_at_a_time:
-                return super()._generate_bucketed(prompt_ids, scaffolded)
+                return super()._generate_unpadded(prompt_ids, scaffolded)
             return [self._generate_single_turn([p], None, {}, 1)[0][0] for p in prompt_ids]
 
     return Greedy
@@ -718,9 +718,10 @@ def sharp_model_dir(model_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tmp_path):
-    """Greedy decoding, one RL step of 4 prompts x G=4 with scaffolds: the rollout table with
-    length buckets and without them, each against generating every prompt alone (no padding).
+def test_unpadded_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tmp_path):
+    """Greedy decoding, one RL step of 4 prompts x G=4 with scaffolds: the rollout table with a
+    packed prefill, with length buckets and with one padded call, each against generating every
+    prompt alone (no padding).
 
     Padding changes the floating-point sums of a batch, so greedy decoding can pick a different
     token where the two best logits (nearly) tie. A completion that differs from the
@@ -732,9 +733,9 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
 
     from ruscarl_lib.train.contract import check_contract
 
-    def run(name: str, buckets: int, one: bool = False):
+    def run(name: str, prefill: str, one: bool = False):
         params = tiny_params(sharp_model_dir, tmp_path, name, max_steps=1, prompts_per_step=4,
-                             max_completion_length=8, rollout_buckets=buckets)
+                             max_completion_length=8, rollout_prefill=prefill, rollout_buckets=4)
         res = run_training(params, train_examples=make_examples(8), reward_funcs=[keyword_reward],
                            trainer_cls=_greedy_cls(one))
         table = read_rollouts(tmp_path / name).sort_values(["rl_step", "group", "group_position"])
@@ -744,19 +745,22 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
         pairs = [pc for c in calls for pc in zip(c["prompt_ids"], c["completion_ids"])]  # row order
         return table.reset_index(drop=True), calls, pairs
 
-    single, single_calls, single_pairs = run("single", 1)
-    bucketed, bucketed_calls, bucketed_pairs = run("bucketed", 4)
-    truth, truth_calls, truth_pairs = run("alone", 1, one=True)
-    assert [(c["batch_sizes"], c["prefill_buckets"]) for c in single_calls] == [([16], [])]
+    single, single_calls, single_pairs = run("single", "padded")
+    bucketed, bucketed_calls, bucketed_pairs = run("bucketed", "buckets")
+    packed, packed_calls, packed_pairs = run("packed", "packed")
+    truth, truth_calls, truth_pairs = run("alone", "padded", one=True)
+    summary = [(c["batch_sizes"], c["prefill_mode"], c["prefill_buckets"]) for c in single_calls + packed_calls]
+    assert summary == [([16], "padded", []), ([16], "packed", [16])]  # one decode batch of all rows
     # one decode batch of all rows, its prefill really in length buckets
     assert len(bucketed_calls) == 1 and bucketed_calls[0]["batch_sizes"] == [16]
+    assert bucketed_calls[0]["prefill_mode"] == "buckets"
     assert len(bucketed_calls[0]["prefill_buckets"]) > 1 and sum(bucketed_calls[0]["prefill_buckets"]) == 16
     assert len(truth_calls) == 16 and len(set(truth["rollout_prompt_tokens"])) > 4
     assert truth["completion"].nunique() >= 8  # completions depend on the prompt
 
     fixed = ["rl_step", "group", "group_position", "example_id", "scaffold_ratio", "n_shown",
              "prompt", "rollout_prompt", "clean_prompt_tokens", "rollout_prompt_tokens"]
-    for table in (single, bucketed):
+    for table in (single, bucketed, packed):
         assert table[fixed].equals(truth[fixed])
         assert [list(x) for x in table["shown"]] == [list(x) for x in truth["shown"]]
 
@@ -768,7 +772,8 @@ def test_bucketed_rollout_table_matches_one_prompt_at_a_time(sharp_model_dir, tm
                                  do_sample=False, max_new_tokens=8, eos_token_id=model.config.eos_token_id)
             assert tuple(out[0, len(prompt):].tolist())[: len(ref)] == ref
     differing = {}
-    for name, pairs, table in (("single", single_pairs, single), ("bucketed", bucketed_pairs, bucketed)):
+    for name, pairs, table in (("single", single_pairs, single), ("bucketed", bucketed_pairs, bucketed),
+                               ("packed", packed_pairs, packed)):
         assert [p for p, _ in pairs] == [p for p, _ in truth_pairs]
         rows = []
         for row, ((prompt, got), (_, ref)) in enumerate(zip(pairs, truth_pairs)):
@@ -797,15 +802,79 @@ def _left_padded(lengths, vocab, pad, seed=0):
     return ids, mask
 
 
+def _cpu_sdpa_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.models.attention import use_cpu_sdpa
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    assert use_cpu_sdpa(model)
+    return model
+
+
+def test_packed_prefill_caches_every_row_as_if_alone(sharp_model_dir):
+    """The packed prefill's cache and next-token logits hold, for every row, those of the row
+    prefilled alone (to 1e-5; mostly bit for bit), zeros on padding; generate with it in place of
+    its own prefill runs one forward fewer than padded prefill plus decode would, picks the greedy
+    tokens of one padded call with the same scores (1e-4), samples like it, and is restored."""
+    from ruscarl_lib.train.prefill import prefill_packed, unpadded_prefill
+
+    model = _cpu_sdpa_model(sharp_model_dir)
+    lengths = [40, 31, 7, 7, 38, 12, 3, 1]
+    ids, mask = _left_padded(lengths, model.config.vocab_size, model.config.pad_token_id)
+    with torch.no_grad():
+        cache, logits = prefill_packed(model, ids, mask)
+        assert logits.shape == (8, 1, model.config.vocab_size)
+        width, exact, compared = ids.shape[1], 0, 0
+        for row, n in enumerate(lengths):
+            laid = [(layer.keys[row], layer.values[row]) for layer in cache.layers]
+            assert all(k.shape[-2] == width for k, _ in laid)
+            assert not any(k[:, : width - n].any() or v[:, : width - n].any() for k, v in laid)  # padding
+            alone = model(input_ids=ids[row: row + 1, width - n:], use_cache=True)
+            pairs = [(logits[row, 0], alone.logits[0, -1])]
+            pairs += [(got[:, width - n:], ref[0]) for (k, v), layer in zip(laid, alone.past_key_values.layers)
+                      for got, ref in ((k, layer.keys), (v, layer.values))]
+            for got, want in pairs:
+                assert torch.allclose(got, want, rtol=0, atol=1e-5)  # GEMMs of other shapes round apart
+                exact += torch.equal(got, want)
+                compared += 1
+        assert exact >= compared * 3 // 4, (exact, compared)
+        kw = dict(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                  output_scores=True, return_dict_in_generate=True, pad_token_id=model.config.pad_token_id)
+        plain = model.generate(**kw)
+        forwards = []
+        hook = model.register_forward_hook(lambda *a: forwards.append(1))
+        try:
+            with unpadded_prefill(model, "packed") as record:
+                packed = model.generate(**kw)
+        finally:
+            hook.remove()
+        assert "generate" not in vars(model) and "_prefill" not in vars(model)
+        assert len(forwards) == 6  # the packed prefill, then 5 decode steps
+        sample = dict(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=6,
+                      pad_token_id=model.config.pad_token_id)
+        torch.manual_seed(3)
+        drawn = model.generate(**sample)
+        torch.manual_seed(3)
+        with unpadded_prefill(model, "packed"):
+            drawn_packed = model.generate(**sample)
+    assert (record.mode, record.bucket_sizes, record.fallback) == ("packed", [8], None)
+    assert torch.equal(plain.sequences, packed.sequences)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(plain.scores, packed.scores))  # -inf alike
+    assert torch.equal(drawn, drawn_packed)  # the same RNG draws: one call's sampling
+
+
 def test_bucketed_prefill_decodes_like_one_padded_batch(sharp_model_dir):
     """The merged cache of a bucketed prefill holds every row's keys and values of a single
     padded prefill (padding columns aside), and generate decoding from it picks the same greedy
-    tokens with the same scores; the model's own `generate` is back afterwards."""
+    tokens with the same scores; the model's own `generate` is back afterwards. Buckets need no
+    particular attention implementation: this model runs stock `sdpa`."""
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.train.length_buckets import bucketed_prefill, length_buckets, prefill_in_buckets
+    from ruscarl_lib.train.prefill import length_buckets, prefill_in_buckets, unpadded_prefill
 
     model = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    assert model.config._attn_implementation == "sdpa"
     lengths = [40, 31, 7, 7, 38, 12, 3, 1]
     ids, mask = _left_padded(lengths, model.config.vocab_size, model.config.pad_token_id)
     with torch.no_grad():
@@ -823,52 +892,70 @@ def test_bucketed_prefill_decodes_like_one_padded_batch(sharp_model_dir):
         kw = dict(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6, min_new_tokens=6,
                   output_scores=True, return_dict_in_generate=True, pad_token_id=model.config.pad_token_id)
         plain = model.generate(**kw)
-        with bucketed_prefill(model, 3) as record:
+        with unpadded_prefill(model, "buckets", 3) as record:
             bucketed = model.generate(**kw)
         assert "generate" not in vars(model)
-    assert record.fallback is None and record.bucket_sizes == [4, 1, 3]
+    assert (record.mode, record.fallback, record.bucket_sizes) == ("buckets", None, [4, 1, 3])
     assert torch.equal(plain.sequences, bucketed.sequences)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(plain.scores, bucketed.scores))  # -inf alike
 
 
-def test_bucketed_prefill_falls_back_where_it_cannot_help(sharp_model_dir):
+def test_unpadded_prefill_falls_back_where_it_cannot_help(sharp_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from ruscarl_lib.train.length_buckets import bucketed_prefill, prefill_in_buckets
+    from ruscarl_lib.train.prefill import prefill_in_buckets, prefill_packed, unpadded_prefill
 
-    model = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    stock = AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval()
+    model = _cpu_sdpa_model(sharp_model_dir)
     vocab, pad = model.config.vocab_size, model.config.pad_token_id
     ids, mask = _left_padded([9, 9, 9], vocab, pad)
     assert prefill_in_buckets(model, ids, mask, 4) == (None, "one bucket already minimises padding")
+    assert prefill_packed(model, ids, mask) == (None, "no padding to remove")
+    with torch.no_grad(), unpadded_prefill(model, "packed") as record:
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=pad)
+    assert (record.mode, record.fallback) == ("padded", "no padding to remove")
     ids, mask = _left_padded([9, 2, 9], vocab, pad)
     assert prefill_in_buckets(model, ids.flip(-1), mask.flip(-1), 4)[1] == "batch is not left-padded"
-    with torch.no_grad(), bucketed_prefill(model, 4) as record:
+    assert prefill_packed(model, ids.flip(-1), mask.flip(-1))[1] == "batch is not left-padded"
+    assert prefill_packed(stock, ids, mask)[1].startswith("attention implementation 'sdpa'")
+    with torch.no_grad(), unpadded_prefill(model, "buckets", 4) as record:
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
                              pad_token_id=pad, past_key_values=None)
     assert out.shape == (3, 11) and record.bucket_sizes == [1, 2]
-    with torch.no_grad(), bucketed_prefill(model, 4) as record:
+    with torch.no_grad(), unpadded_prefill(model, "packed") as record:
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=pad)
-    assert record.fallback == "not a plain input_ids/attention_mask call" and not record.bucket_sizes
+    assert record.fallback == "not a plain input_ids/attention_mask call" and record.mode == "padded"
+    with torch.no_grad(), unpadded_prefill(stock, "packed") as record:
+        stock.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=pad)
+    assert record.mode == "padded" and record.fallback.startswith("attention implementation")
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    try:
+        assert prefill_packed(model, ids, mask)[1].startswith("layer types ['sliding_attention']")
+    finally:
+        model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
+    with pytest.raises(ValueError, match="prefill mode 'ragged'"):
+        with unpadded_prefill(model, "ragged"):
+            pass
 
 
-def test_cpu_gqa_attention_is_bit_identical_to_stock_sdpa(model_dir):
+def test_cpu_sdpa_attention_is_bit_identical_to_stock_sdpa(model_dir):
     """Grouped KV heads with a padding mask: outputs and greedy tokens equal stock `sdpa` bit for
-    bit; with autograd on, the stock function runs (so loss gradients are stock's too); models
-    without grouped heads are left alone."""
+    bit; with autograd on, the stock function runs (so loss gradients are stock's too); a model
+    without grouped heads runs the stock function under the new name; decode-step masks equal
+    stock's; packed rows refuse attention calls they cannot serve."""
     from transformers import AutoModelForCausalLM
+    from transformers.masking_utils import sdpa_mask
 
-    from ruscarl_lib.models.attention import NAME, use_cpu_gqa_attention
+    import ruscarl_lib.models.attention as attention
+    from ruscarl_lib.models.attention import NAME, _mask, packed_rows, use_cpu_sdpa
     from ruscarl_lib.models.tiny import build_tiny_model, build_tiny_tokenizer
 
     stock = AutoModelForCausalLM.from_pretrained(model_dir)
     ours = AutoModelForCausalLM.from_pretrained(model_dir)
     assert stock.config.num_key_value_heads < stock.config.num_attention_heads
-    assert use_cpu_gqa_attention(ours) and ours.config._attn_implementation == NAME
-    assert not use_cpu_gqa_attention(build_tiny_model(build_tiny_tokenizer(), num_heads=4, num_kv_heads=4))
+    assert use_cpu_sdpa(ours) and ours.config._attn_implementation == NAME
     ids, mask = _left_padded([30, 4, 17, 30], stock.config.vocab_size, stock.config.pad_token_id)
     calls = []
-    import ruscarl_lib.models.attention as attention
-
     real = attention._grouped_sdpa
     attention._grouped_sdpa = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
@@ -883,9 +970,33 @@ def test_cpu_gqa_attention_is_bit_identical_to_stock_sdpa(model_dir):
         stock(input_ids=ids, attention_mask=mask).logits.sum().backward()
         ours(input_ids=ids, attention_mask=mask).logits.sum().backward()
         assert not calls
+        plain_heads = build_tiny_model(build_tiny_tokenizer(), num_heads=4, num_kv_heads=4).eval()
+        twin = build_tiny_model(build_tiny_tokenizer(), num_heads=4, num_kv_heads=4).eval()
+        assert use_cpu_sdpa(twin)
+        with torch.no_grad():
+            assert torch.equal(plain_heads(input_ids=ids, attention_mask=mask).logits,
+                               twin(input_ids=ids, attention_mask=mask).logits)
+        assert not calls
     finally:
         attention._grouped_sdpa = real
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(stock.parameters(), ours.parameters()))
+
+    width = ids.shape[1]
+    for q_length, kv_length, q_offset in ((1, width, width - 1), (1, width - 2, width - 3), (3, width, width - 3),
+                                          (width, width, 0)):
+        got = _mask(batch_size=4, q_length=q_length, kv_length=kv_length, q_offset=q_offset, attention_mask=mask)
+        want = sdpa_mask(batch_size=4, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                         attention_mask=mask)
+        assert got.shape == want.shape and torch.equal(got, want)
+    assert _mask(batch_size=4, q_length=1, kv_length=width, q_offset=width - 1,
+                 attention_mask=torch.ones_like(mask)) is None  # no padding: SDPA runs without a mask
+    with torch.no_grad(), packed_rows([2, 3]):
+        with pytest.raises(RuntimeError, match="batch of 4 rows"):
+            ours(input_ids=ids[:, :5])
+    with pytest.raises(RuntimeError, match="autograd is on"), packed_rows([2, 3]):
+        ours(input_ids=ids[:1, :5])
+    with pytest.raises(ValueError, match="positive lengths"), packed_rows([2, 0]):
+        pass
 
 
 def test_vllm_cpu_linear_patch_keeps_loaded_weights_and_is_idempotent(monkeypatch):

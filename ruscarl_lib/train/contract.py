@@ -147,19 +147,20 @@ class ContractProbeMixin:
         )
         return completion_ids, logprobs
 
-    def _generate_bucketed(self, prompt_ids, scaffolded):
-        # A rollout round is one generate call (its prefill possibly in length buckets): record
-        # it in row order (what the contract checks) with the bucket sizes of its prefill, after
+    def _generate_unpadded(self, prompt_ids, scaffolded):
+        # A rollout round is one generate call (its prefill possibly packed or in length buckets):
+        # record it in row order (what the contract checks) with how its prefill ran, after
         # checking that the call's (prompt, completion) pairs are exactly the round's.
         before = len(self.gen_calls)
         self.last_prefill = None
-        completion_ids = super()._generate_bucketed(prompt_ids, scaffolded)
+        completion_ids = super()._generate_unpadded(prompt_ids, scaffolded)
         inner = self.gen_calls[before:]
         merged = {
             "training": self.model.training,
             "prompt_ids": [tuple(p) for p in prompt_ids],
             "completion_ids": [tuple(c) for c in completion_ids],
             "batch_sizes": [len(c["prompt_ids"]) for c in inner],
+            "prefill_mode": self.last_prefill.mode if self.last_prefill else "padded",
             "prefill_buckets": list(self.last_prefill.bucket_sizes) if self.last_prefill else [],
         }
         pairs = Counter(pc for c in inner for pc in zip(c["prompt_ids"], c["completion_ids"]))

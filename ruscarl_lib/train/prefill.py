@@ -1,13 +1,22 @@
-"""Length buckets for left-padded generation: prefill short and long prompts apart, decode together.
+"""Prefill without padding for HF generate: a left-padded batch is prefilled packed (all rows laid
+end to end, each attending to itself) or in length buckets, and then decoded together.
 
 HF generate left-pads a batch to its longest prompt. A scaffolded rollout batch mixes rows that
 carry the whole rubric with rows that carry none, so a single call prefills every row at the
-length of the longest scaffold; the prefill (quadratic attention, every token through every
-layer) is most of a CPU generation call's time for a real model. `bucketed_prefill` runs that
-prefill in a few length buckets, merges their KV caches into the left-padded layout generate
-expects, and lets generate decode all rows in one batch: decoding (one token per row per step,
-where a call's fixed cost lies) is shared, and the sampling RNG is drawn in the same batch shape
-as a single call.
+length of the longest scaffold, and builds and applies a quadratic padding mask; the prefill
+(every token through every layer) is most of a CPU generation call's time for a real model.
+`unpadded_prefill` computes the prompt's KV cache without that padding, lays it out as
+generate's left-padded cache, and lets generate decode all rows in one batch: decoding (one
+token per row per step, where a call's fixed cost lies) is shared, and the sampling RNG is drawn
+in the same batch shape as a single call.
+
+- packed (`prefill_packed`): one forward over the concatenated real tokens, attention per row
+  (`models.attention.packed_rows`), in place of generate's own prefill forward; no padded token
+  is computed. Needs the project's CPU attention (`models.attention.use_cpu_sdpa`, which the
+  loaders switch on) and plain full-attention layers.
+- buckets (`prefill_in_buckets`): up to k forwards over all but the last column, one per length
+  bucket, each padded to its own longest row; works with any attention implementation (e.g. on
+  a GPU), at one forward per bucket plus generate's forward over the last column.
 """
 
 from __future__ import annotations
@@ -52,13 +61,101 @@ def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
     return [sorted(order[i:j]) for i, j in reversed(bounds)]
 
 
+PREFILL_MODES = ("packed", "buckets", "padded")
+
+
 @dataclass
 class PrefillRecord:
-    """What the last bucketed generate call did: the bucket sizes (rows) it prefilled, or why
-    it fell back to a plain call."""
+    """What the last generate call under `unpadded_prefill` did: the mode that ran (`padded`: a
+    plain call), the rows of each prefill forward, and why it fell back to a plain call, if so."""
 
+    mode: str = "padded"
     bucket_sizes: list[int] = field(default_factory=list)
     fallback: str | None = None
+
+
+def _left_padded_lengths(input_ids, attention_mask) -> tuple[list[int] | None, str]:
+    """Each row's prompt length, or None and why the batch cannot be prefilled apart."""
+    import torch
+
+    mask = attention_mask.to(torch.long)
+    width = input_ids.shape[1]
+    if width < 2:
+        return None, "prompts of one token"
+    if not torch.equal(mask, (torch.arange(width, device=mask.device) >= width - mask.sum(-1, keepdim=True)).long()):
+        return None, "batch is not left-padded"
+    return mask.sum(-1).tolist(), ""
+
+
+def _plain_cache_layers(cache) -> str | None:
+    """Why `cache` cannot be laid out row by row (None: a DynamicCache of plain layers)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return f"cache type {type(cache).__name__} (only plain DynamicCache layers are merged)"
+    return None
+
+
+def _full_attention_only(model) -> str | None:
+    """Why per-row causal attention would not be this model's attention (None: it would be)."""
+    from ruscarl_lib.models.attention import NAME, uses_cpu_sdpa
+
+    config = getattr(model, "config", None)
+    if not uses_cpu_sdpa(model):
+        return f"attention implementation {getattr(config, '_attn_implementation', None)!r} (packing needs {NAME!r})"
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(config, "use_sliding_window", False):
+        return f"layer types {sorted(kinds)} (packing needs full attention in every layer)"
+    return None
+
+
+def prefill_packed(model, input_ids, attention_mask):
+    """The KV cache of a whole left-padded batch and each row's next-token logits, from one forward
+    over its real tokens laid end to end; `(cache, logits of shape (rows, 1, vocab))`, or
+    `(None, reason)` where this model or batch cannot take it (then generate prefills as usual).
+
+    Each row restarts its position ids at 0 and attends only to itself, so its keys, values and
+    logits are those of the row prefilled alone (up to the rounding of matrix products of
+    another shape). Padding columns of the cache stay zero; the attention mask hides them. A
+    batch without padding is left to the plain prefill.
+    """
+    import torch
+
+    from ruscarl_lib.models.attention import packed_rows
+
+    if input_ids.device.type != "cpu":
+        return None, f"device {input_ids.device.type} (packing runs on CPU)"
+    reason = _full_attention_only(model)
+    if reason:
+        return None, reason
+    lengths, reason = _left_padded_lengths(input_ids, attention_mask)
+    if lengths is None:
+        return None, reason
+    if len(set(lengths)) == 1:
+        return None, "no padding to remove"
+    if min(lengths) < 1:
+        return None, "a row without tokens"
+    real = attention_mask.bool()  # row-major: row 0's tokens, then row 1's, ...
+    ids = input_ids[real].unsqueeze(0)
+    positions = torch.cat([torch.arange(n, device=ids.device) for n in lengths]).unsqueeze(0)
+    last = torch.tensor(lengths, device=ids.device).cumsum(0) - 1  # each row's last token, packed
+    with torch.no_grad(), packed_rows(lengths):
+        try:
+            out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=last)
+        except TypeError as exc:  # a forward without `logits_to_keep`: full logits would cost more than padding
+            return None, f"forward does not take logits_to_keep ({exc})"
+    cache = out.past_key_values
+    reason = _plain_cache_layers(cache)
+    if reason:
+        return None, reason
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            packed = getattr(layer, name)  # (1, kv heads, tokens, head dim)
+            laid = packed.new_zeros((len(lengths), input_ids.shape[1], packed.shape[1], packed.shape[-1]))
+            laid[real] = packed[0].transpose(0, 1)
+            setattr(layer, name, laid.transpose(1, 2).contiguous())
+    return cache, out.logits.transpose(0, 1)
 
 
 def prefill_in_buckets(model, input_ids, attention_mask, max_buckets: int):
@@ -72,16 +169,12 @@ def prefill_in_buckets(model, input_ids, attention_mask, max_buckets: int):
     Padding columns stay zero; the attention mask hides them.
     """
     import torch
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
+    lengths, reason = _left_padded_lengths(input_ids, attention_mask)
+    if lengths is None:
+        return None, reason
     mask = attention_mask.to(torch.long)
-    lengths = mask.sum(-1).tolist()
     width = input_ids.shape[1]
-    if width < 2:
-        return None, "prompts of one token"
-    if not torch.equal(mask, (torch.arange(width, device=mask.device) >= width - mask.sum(-1, keepdim=True)).long()):
-        return None, "batch is not left-padded"
     buckets = length_buckets(lengths, max_buckets)
     if len(buckets) < 2:
         return None, "one bucket already minimises padding"
@@ -101,8 +194,9 @@ def prefill_in_buckets(model, input_ids, attention_mask, max_buckets: int):
             except TypeError as exc:  # a forward without `logits_to_keep`: full logits would cost more than padding
                 return None, f"forward does not take logits_to_keep ({exc})"
             part = out.past_key_values
-            if not isinstance(part, DynamicCache) or any(type(layer) is not DynamicLayer for layer in part.layers):
-                return None, f"cache type {type(part).__name__} (only plain DynamicCache layers are merged)"
+            reason = _plain_cache_layers(part)
+            if reason:
+                return None, reason
             if merged is None:
                 cache = part
                 merged = [[layer.keys.new_zeros((len(lengths), *layer.keys.shape[1:2], width - 1, layer.keys.shape[-1])),
@@ -118,25 +212,81 @@ def prefill_in_buckets(model, input_ids, attention_mask, max_buckets: int):
     return cache, [len(rows) for rows in buckets]
 
 
+def _generating_model(model):
+    """The object whose `generate` runs the decoding loop (a PEFT wrapper's base model)."""
+    from transformers import GenerationMixin
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner if isinstance(inner, GenerationMixin) and hasattr(inner, "_prefill") else None
+
+
 @contextmanager
-def bucketed_prefill(model, max_buckets: int) -> Iterator[PrefillRecord]:
-    """Within the block, `model.generate(input_ids=..., attention_mask=...)` prefills in length
-    buckets (`prefill_in_buckets`) and decodes from the merged cache; any other call, or a batch
-    the prefill cannot take, runs unchanged. The record says which happened."""
+def unpadded_prefill(model, mode: str = "packed", max_buckets: int = 1) -> Iterator[PrefillRecord]:
+    """Within the block, `model.generate(input_ids=..., attention_mask=...)` prefills without
+    padding and decodes all rows together; any other call, a batch the prefill cannot take, or
+    mode `padded` runs unchanged. The record says which happened.
+
+    packed: generate's prefill stage (`_prefill`: one forward over the prompt, giving the cache
+    and the first token's logits) is replaced by `prefill_packed`, so the decoding loop, its
+    sampling and its RNG draws are generate's own. buckets: the cache of all but the last column
+    comes from `prefill_in_buckets` and is passed to generate, which then runs one forward over
+    the last column before decoding.
+    """
+    if mode not in PREFILL_MODES:
+        raise ValueError(f"prefill mode {mode!r}: expected one of {PREFILL_MODES}")
     record = PrefillRecord()
     plain = model.generate
     own = "generate" in vars(model)
+    inner = _generating_model(model) if mode == "packed" else None
+    plain_prefill = inner._prefill if inner is not None else None
+    own_prefill = inner is not None and "_prefill" in vars(inner)
+
+    def packed_prefill_stage(input_ids, generation_config, model_kwargs, *args, **kwargs):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        cache = model_kwargs.get("past_key_values")
+        extras = [name for name in ("output_attentions", "output_hidden_states", "prefill_chunk_size",
+                                    "is_assistant") if getattr(generation_config, name, None)]
+        if args or kwargs.get("is_first_iteration") is False or extras or "inputs_embeds" in model_kwargs:
+            reason = f"generation options {extras or 'of another kind'}"
+        elif cache is not None and cache.get_seq_length() > 0:
+            reason = "a cache that is already filled"
+        elif model_kwargs.get("attention_mask") is None:
+            reason = "no attention mask"
+        else:
+            laid, logits = prefill_packed(model, input_ids, model_kwargs["attention_mask"])
+            if laid is not None:
+                record.mode, record.bucket_sizes = "packed", [input_ids.shape[0]]
+                return CausalLMOutputWithPast(logits=logits, past_key_values=laid)
+            reason = logits
+        record.fallback = reason
+        return plain_prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
 
     def generate(*args, **kwargs):
+        record.mode, record.bucket_sizes, record.fallback = "padded", [], None
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if mode == "padded":
+            return plain(*args, **kwargs)
         if args or ids is None or mask is None or kwargs.get("past_key_values") is not None:
             record.fallback = "not a plain input_ids/attention_mask call"
             return plain(*args, **kwargs)
+        if mode == "packed":
+            if inner is None:
+                record.fallback = "this transformers' generate has no prefill stage to replace"
+                return plain(**kwargs)
+            inner._prefill = packed_prefill_stage
+            try:
+                return plain(**kwargs)
+            finally:
+                if own_prefill:
+                    inner._prefill = plain_prefill
+                else:
+                    del inner._prefill
         cache, info = prefill_in_buckets(model, ids, mask, max_buckets)
         if cache is None:
             record.fallback = info
             return plain(**kwargs)
-        record.bucket_sizes = info
+        record.mode, record.bucket_sizes = mode, info
         return plain(**{**kwargs, "past_key_values": cache})
 
     model.generate = generate

@@ -36,7 +36,7 @@ from ruscarl_lib.params import ScaffoldParams
 from ruscarl_lib.scaffold.render import scaffold_example
 from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
 from ruscarl_lib.train.contract import RuntimeContract
-from ruscarl_lib.train.length_buckets import bucketed_prefill
+from ruscarl_lib.train.prefill import PREFILL_MODES, unpadded_prefill
 from ruscarl_lib.train.dataset import (
     ID_COLUMN,
     PROMPT_COLUMN,
@@ -87,8 +87,8 @@ class ScaffoldedGRPOMixin:
       total_steps: RL steps of the run (the schedule's horizon); default from `args.max_steps`.
       rollout_sink: called on the main process once per RL step with the step number and the
         records of every rollout of that step (all processes gathered).
-      rollout_buckets: length buckets of the HF-generate prefill of a scaffolded rollout batch
-        (`train.rollout_buckets`).
+      rollout_prefill, rollout_buckets: how the HF-generate prefill of a scaffolded rollout batch
+        avoids padding (`train.rollout_prefill`: packed, buckets or padded; `train.rollout_buckets`).
       mask_truncated_gains: leave out of the loss only the answers cut at the length cap whose
         advantage is positive (`train.truncated_mask: positive`; pass GRPOConfig's own
         `mask_truncated_completions=False` with it).
@@ -105,7 +105,8 @@ class ScaffoldedGRPOMixin:
         scaffold: ScaffoldParams | None = None,
         total_steps: int | None = None,
         rollout_sink: RolloutSink | None = None,
-        rollout_buckets: int = 1,
+        rollout_prefill: str = "packed",
+        rollout_buckets: int = 4,
         mask_truncated_gains: bool = False,
         kl_log_ratio_cap: float | None = None,
         **kwargs: Any,
@@ -137,8 +138,11 @@ class ScaffoldedGRPOMixin:
         self.scaffold_params = scaffold or ScaffoldParams()
         self.schedule = ScaffoldSchedule.from_params(self.scaffold_params)
         self.rollout_sink = rollout_sink
+        if rollout_prefill not in PREFILL_MODES:
+            raise ValueError(f"rollout_prefill {rollout_prefill!r}: expected one of {PREFILL_MODES}")
+        self.rollout_prefill = rollout_prefill
         self.rollout_buckets = int(rollout_buckets)
-        self.last_prefill = None  # the PrefillRecord of the last bucketed generate call
+        self.last_prefill = None  # the PrefillRecord of the last rollout generate call
         if mask_truncated_gains and config.mask_truncated_completions:
             raise ValueError("mask_truncated_gains replaces TRL's mask_truncated_completions; "
                              "pass the GRPOConfig with it off")
@@ -324,7 +328,7 @@ class ScaffoldedGRPOMixin:
                 raise RuntimeError(f"unscaffolded prompt of {plan.example_id} tokenized differently")
         # One generation per prompt: rollout prompts of a group differ, so vLLM server mode must
         # not deduplicate them (it keeps every num_generations-th prompt).
-        completion_ids = self._generate_bucketed(rollout_ids, any(p.shown for p in plans))
+        completion_ids = self._generate_unpadded(rollout_ids, any(p.shown for p in plans))
         loss_ids = rollout_ids if self.scaffold_params.in_loss else clean_ids
         if self._contract is not None:
             self._contract.expect(clean_ids, rollout_ids, completion_ids)
@@ -345,29 +349,30 @@ class ScaffoldedGRPOMixin:
             STEP_FIELD: [p.rl_step for p in plans],
         }
 
-    def _generate_bucketed(self, prompt_ids: list, scaffolded: bool) -> list[list[int]]:
+    def _generate_unpadded(self, prompt_ids: list, scaffolded: bool) -> list[list[int]]:
         """Completion ids of one sample per prompt, in the order of `prompt_ids`.
 
         HF generate left-pads a batch to its longest prompt, and sample 0 of every group carries
-        the whole rubric, so a single call makes every row pay for the longest scaffold. With
-        `rollout_buckets` > 1 the batch's prefill runs in at most that many length buckets
-        (`length_buckets.bucketed_prefill`) and all rows are then decoded together, in one
-        generate call: rows, group positions, scaffold seeds, the rollout table and the
-        sampling RNG stream are those of a single call, and sampled tokens differ from it only
-        where the prefill's floating-point sums (different batch shapes) move a logit. One plain
-        call as before when nothing is scaffolded (the baseline stays stock TRL), with vLLM or
-        continuous batching (no padding there), on Unsloth's rewritten trainer (its own
-        generation path), and under ZeRO-3/FSDP (every process must run the same number of
-        forward passes). `last_prefill` records what the last call did.
+        the whole rubric, so a single call makes every row pay for the longest scaffold. Under
+        `rollout_prefill` packed or buckets the batch's prefill skips the padding
+        (`prefill.unpadded_prefill`) and all rows are then decoded together, in one generate
+        call: rows, group positions, scaffold seeds, the rollout table and the sampling RNG
+        stream are those of a single call, and sampled tokens differ from it only where the
+        prefill's floating-point sums move a logit. One plain call as before when nothing is
+        scaffolded (the baseline stays stock TRL), with vLLM or continuous batching (no padding
+        there), on Unsloth's rewritten trainer (its own generation path), and under ZeRO-3/FSDP
+        (every process must run the same number of forward passes). `last_prefill` records
+        what the last call did.
         """
-        k = int(getattr(self, "rollout_buckets", 1))
+        mode = getattr(self, "rollout_prefill", "packed")
         sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
         )
-        if (k <= 1 or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching or sharded
-                or is_unsloth_class(type(self))):
+        if (mode == "padded" or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching
+                or sharded or is_unsloth_class(type(self))):
             return self._generate_single_turn(prompt_ids, None, {}, 1)[0]
-        with bucketed_prefill(self.accelerator.unwrap_model(self.model_wrapped), k) as record:
+        with unpadded_prefill(self.accelerator.unwrap_model(self.model_wrapped), mode,
+                              int(getattr(self, "rollout_buckets", 4))) as record:
             completions = self._generate_single_turn(prompt_ids, None, {}, 1)[0]
         self.last_prefill = record
         return completions

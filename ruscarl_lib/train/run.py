@@ -356,6 +356,7 @@ def _build_trainer(trainer_cls: type, params: Params, backend: str, run_dir: Pat
         scaffold=params.scaffold,
         total_steps=tp.max_steps,
         rollout_sink=sink,
+        rollout_prefill=tp.rollout_prefill,
         rollout_buckets=tp.rollout_buckets,
         mask_truncated_gains=tp.masks_cut_gains_only,
         kl_log_ratio_cap=tp.kl_log_ratio_cap,
