@@ -145,6 +145,8 @@ def prefill_packed(model, input_ids, attention_mask):
             out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=last)
         except TypeError as exc:  # a forward without `logits_to_keep`: full logits would cost more than padding
             return None, f"forward does not take logits_to_keep ({exc})"
+    if tuple(out.logits.shape[:2]) != (1, len(lengths)):  # a forward that reads logits_to_keep as a count
+        return None, f"forward kept logits of shape {tuple(out.logits.shape)} for {len(lengths)} rows"
     cache = out.past_key_values
     reason = _plain_cache_layers(cache)
     if reason:
