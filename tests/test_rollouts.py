@@ -938,6 +938,36 @@ def test_unpadded_prefill_falls_back_where_it_cannot_help(sharp_model_dir):
             pass
 
 
+def test_packed_prefill_checks_the_private_prefill_stage(sharp_model_dir, monkeypatch):
+    """generate's `_prefill` is private: a transformers without it, or with other leading
+    parameters, gets a named reason and plain generate calls, never a broken replacement."""
+    from transformers import GenerationMixin
+
+    from ruscarl_lib.train.prefill import packed_prefill_unavailable, unpadded_prefill
+
+    assert packed_prefill_unavailable() is None  # the pinned transformers has it
+    model = _cpu_sdpa_model(sharp_model_dir)
+    vocab, pad = model.config.vocab_size, model.config.pad_token_id
+    ids, mask = _left_padded([9, 2, 9], vocab, pad)
+    plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=pad)
+
+    def renamed(self, inputs, generation_config, model_kwargs):
+        raise AssertionError("a stage of another signature must not be called through the packed path")
+
+    monkeypatch.setattr(GenerationMixin, "_prefill", renamed)
+    assert "takes ['inputs', 'generation_config', 'model_kwargs']" in packed_prefill_unavailable()
+    monkeypatch.delattr(GenerationMixin, "_prefill")
+    reason = packed_prefill_unavailable()
+    assert reason.endswith("has no GenerationMixin._prefill")
+    monkeypatch.undo()
+    monkeypatch.setattr("ruscarl_lib.train.prefill.packed_prefill_unavailable", lambda: reason)
+    with torch.no_grad(), unpadded_prefill(model, "packed") as record:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False,
+                             pad_token_id=pad)
+    assert (record.mode, record.fallback) == ("padded", reason)
+    assert torch.equal(out, plain)
+
+
 def test_cpu_sdpa_attention_is_bit_identical_to_stock_sdpa(model_dir):
     """Grouped KV heads with a padding mask: outputs and greedy tokens equal stock `sdpa` bit for
     bit; with autograd on, the stock function runs (so loss gradients are stock's too); a model

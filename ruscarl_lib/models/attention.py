@@ -92,16 +92,10 @@ def _packed_sdpa(module, query, key, value, segments, dropout, scaling, position
     if problem:
         raise RuntimeError(f"packed rows cannot run this attention call: {problem}")
     grouped = query.shape[1] != key.shape[1]
-    out = query.new_empty((1, total, query.shape[1], value.shape[-1]))
-    start = 0
-    for n in segments:
-        part = slice(start, start + n)
-        out[:, part] = torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, part], key[:, :, part], value[:, :, part], scale=scaling, is_causal=True,
-            enable_gqa=grouped,
-        ).transpose(1, 2)
-        start += n
-    return out
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out = [sdpa(q, k, v, scale=scaling, is_causal=True, enable_gqa=grouped)
+           for q, k, v in zip(query.split(segments, 2), key.split(segments, 2), value.split(segments, 2))]
+    return torch.cat(out, 2).transpose(1, 2).contiguous()
 
 
 def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

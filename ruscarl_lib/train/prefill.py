@@ -138,8 +138,10 @@ def prefill_packed(model, input_ids, attention_mask):
         return None, "a row without tokens"
     real = attention_mask.bool()  # row-major: row 0's tokens, then row 1's, ...
     ids = input_ids[real].unsqueeze(0)
-    positions = torch.cat([torch.arange(n, device=ids.device) for n in lengths]).unsqueeze(0)
-    last = torch.tensor(lengths, device=ids.device).cumsum(0) - 1  # each row's last token, packed
+    sizes = torch.tensor(lengths, device=ids.device)
+    ends = sizes.cumsum(0)
+    positions = (torch.arange(ids.shape[1], device=ids.device) - (ends - sizes).repeat_interleave(sizes)).unsqueeze(0)
+    last = ends - 1  # each row's last token, packed
     with torch.no_grad(), packed_rows(lengths):
         try:
             out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=last)
@@ -151,12 +153,13 @@ def prefill_packed(model, input_ids, attention_mask):
     reason = _plain_cache_layers(cache)
     if reason:
         return None, reason
+    rows, columns = real.nonzero(as_tuple=True)  # where each packed token goes, in packed order
     for layer in cache.layers:
         for name in ("keys", "values"):
             packed = getattr(layer, name)  # (1, kv heads, tokens, head dim)
-            laid = packed.new_zeros((len(lengths), input_ids.shape[1], packed.shape[1], packed.shape[-1]))
-            laid[real] = packed[0].transpose(0, 1)
-            setattr(layer, name, laid.transpose(1, 2).contiguous())
+            laid = packed.new_zeros((len(lengths), packed.shape[1], input_ids.shape[1], packed.shape[-1]))
+            laid[rows, :, columns] = packed[0].transpose(0, 1)
+            setattr(layer, name, laid)
     return cache, out.logits.transpose(0, 1)
 
 
@@ -214,12 +217,35 @@ def prefill_in_buckets(model, input_ids, attention_mask, max_buckets: int):
     return cache, [len(rows) for rows in buckets]
 
 
+# generate's prefill stage (transformers 5.17), which the packed mode replaces for one call: a
+# private method, so its presence and leading parameters are checked before it is relied on
+_PREFILL_STAGE = ("input_ids", "generation_config", "model_kwargs")
+
+
+def packed_prefill_unavailable() -> str | None:
+    """Why this transformers' generate has no prefill stage the packed mode can replace (None: it
+    has one); the trainer warns at start-up, and each call then falls back to a plain one."""
+    import inspect
+
+    import transformers
+    from transformers import GenerationMixin
+
+    stage = getattr(GenerationMixin, "_prefill", None)
+    if stage is None:
+        return f"transformers {transformers.__version__} has no GenerationMixin._prefill"
+    params = [name for name in inspect.signature(stage).parameters if name != "self"]
+    if tuple(params[: len(_PREFILL_STAGE)]) != _PREFILL_STAGE:
+        return (f"transformers {transformers.__version__}: GenerationMixin._prefill takes {params}, "
+                f"expected to start with {list(_PREFILL_STAGE)}")
+    return None
+
+
 def _generating_model(model):
     """The object whose `generate` runs the decoding loop (a PEFT wrapper's base model)."""
     from transformers import GenerationMixin
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner if isinstance(inner, GenerationMixin) and hasattr(inner, "_prefill") else None
+    return inner if isinstance(inner, GenerationMixin) else None
 
 
 @contextmanager
@@ -239,7 +265,8 @@ def unpadded_prefill(model, mode: str = "packed", max_buckets: int = 1) -> Itera
     record = PrefillRecord()
     plain = model.generate
     own = "generate" in vars(model)
-    inner = _generating_model(model) if mode == "packed" else None
+    unavailable = packed_prefill_unavailable() if mode == "packed" else None
+    inner = _generating_model(model) if mode == "packed" and not unavailable else None
     plain_prefill = inner._prefill if inner is not None else None
     own_prefill = inner is not None and "_prefill" in vars(inner)
 
@@ -274,7 +301,7 @@ def unpadded_prefill(model, mode: str = "packed", max_buckets: int = 1) -> Itera
             return plain(*args, **kwargs)
         if mode == "packed":
             if inner is None:
-                record.fallback = "this transformers' generate has no prefill stage to replace"
+                record.fallback = unavailable or "no transformers generate loop under this model"
                 return plain(**kwargs)
             inner._prefill = packed_prefill_stage
             try:

@@ -36,7 +36,7 @@ from ruscarl_lib.params import ScaffoldParams
 from ruscarl_lib.scaffold.render import scaffold_example
 from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
 from ruscarl_lib.train.contract import RuntimeContract
-from ruscarl_lib.train.prefill import PREFILL_MODES, unpadded_prefill
+from ruscarl_lib.train.prefill import PREFILL_MODES, packed_prefill_unavailable, unpadded_prefill
 from ruscarl_lib.train.dataset import (
     ID_COLUMN,
     PROMPT_COLUMN,
@@ -141,6 +141,10 @@ class ScaffoldedGRPOMixin:
         if rollout_prefill not in PREFILL_MODES:
             raise ValueError(f"rollout_prefill {rollout_prefill!r}: expected one of {PREFILL_MODES}")
         self.rollout_prefill = rollout_prefill
+        unavailable = packed_prefill_unavailable() if rollout_prefill == "packed" else None
+        if unavailable:
+            warnings.warn(f"train.rollout_prefill: packed falls back to padded generate calls here: {unavailable}",
+                          stacklevel=2)
         self.rollout_buckets = int(rollout_buckets)
         self.last_prefill = None  # the PrefillRecord of the last rollout generate call
         if mask_truncated_gains and config.mask_truncated_completions:
@@ -263,8 +267,12 @@ class ScaffoldedGRPOMixin:
         step = self.rl_step_at(self.state.global_step)
         sp = self.scaffold_params
         plans = []
+        examples: dict[str, Any] = {}  # the rows of a group are copies of one example: convert it once
         for i, row in enumerate(rows):
-            example = row_to_example(row)
+            key = str(row[ID_COLUMN])
+            example = examples.get(key)
+            if example is None:
+                example = examples[key] = row_to_example(row)
             position = (offset + i) % G
             ratio = self.schedule.ratio(position, G, step, self.total_rl_steps)
             scaffolded = scaffold_example(
@@ -319,13 +327,7 @@ class ScaffoldedGRPOMixin:
             raise ValueError("scaffolded rollouts need conversational prompts (lists of messages)")
         plans = self._plan(rows)
         self._plans = plans
-        clean_ids, images, _ = self._tokenize_prompts(prompts)
-        if images is not None:
-            raise ValueError("scaffolded rollouts support text-only prompts")
-        rollout_ids, _, _ = self._tokenize_prompts([p.messages for p in plans])
-        for plan, clean, rolled in zip(plans, clean_ids, rollout_ids):
-            if not plan.shown and list(clean) != list(rolled):
-                raise RuntimeError(f"unscaffolded prompt of {plan.example_id} tokenized differently")
+        clean_ids, rollout_ids = self._tokenize_rollout_prompts(prompts, plans)
         # One generation per prompt: rollout prompts of a group differ, so vLLM server mode must
         # not deduplicate them (it keeps every num_generations-th prompt).
         completion_ids = self._generate_unpadded(rollout_ids, any(p.shown for p in plans))
@@ -349,6 +351,24 @@ class ScaffoldedGRPOMixin:
             STEP_FIELD: [p.rl_step for p in plans],
         }
 
+    def _tokenize_rollout_prompts(self, prompts: list, plans: list[RolloutPlan]) -> tuple[list, list]:
+        """Token ids of the clean prompts and of the rollout prompts, from one tokenizer call.
+
+        A rollout prompt that is its clean prompt (nothing shown) reuses the clean ids instead
+        of being tokenized again; the others are tokenized in the same call as the clean ones
+        (each call has a fixed cost that shows in a small model's step time). Tokens do not
+        depend on the batch: TRL tokenizes without padding, and tools and environments, which
+        would render each row with its own schema, are refused at construction.
+        """
+        scaffolded = [i for i, (prompt, plan) in enumerate(zip(prompts, plans)) if plan.messages != prompt]
+        ids, images, _ = self._tokenize_prompts(list(prompts) + [plans[i].messages for i in scaffolded])
+        if images is not None:
+            raise ValueError("scaffolded rollouts support text-only prompts")
+        clean_ids, rollout_ids = ids[: len(prompts)], list(ids[: len(prompts)])
+        for i, rolled in zip(scaffolded, ids[len(prompts):]):
+            rollout_ids[i] = rolled
+        return clean_ids, rollout_ids
+
     def _generate_unpadded(self, prompt_ids: list, scaffolded: bool) -> list[list[int]]:
         """Completion ids of one sample per prompt, in the order of `prompt_ids`.
 
@@ -371,11 +391,20 @@ class ScaffoldedGRPOMixin:
         if (mode == "padded" or not scaffolded or self.use_vllm or self.use_transformers_continuous_batching
                 or sharded or is_unsloth_class(type(self))):
             return self._generate_single_turn(prompt_ids, None, {}, 1)[0]
-        with unpadded_prefill(self.accelerator.unwrap_model(self.model_wrapped), mode,
+        with unpadded_prefill(self._unwrapped_model(), mode,
                               int(getattr(self, "rollout_buckets", 4))) as record:
             completions = self._generate_single_turn(prompt_ids, None, {}, 1)[0]
         self.last_prefill = record
         return completions
+
+    def _unwrapped_model(self):
+        """`accelerator.unwrap_model(model_wrapped)`, looked up once per wrapped model: it walks the
+        wrappers on every call, a cost that shows on every step of a small model."""
+        cached = getattr(self, "_unwrapped_cache", None)
+        if cached is None or cached[0] is not self.model_wrapped:
+            cached = (self.model_wrapped, self.accelerator.unwrap_model(self.model_wrapped))
+            self._unwrapped_cache = cached
+        return cached[1]
 
     def _log_scaffold_metrics(self, plans, rollout_ids, clean_ids) -> None:
         device = self.accelerator.device
