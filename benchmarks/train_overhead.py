@@ -12,13 +12,19 @@ Three arms of the same tiny-model GRPO run (same seed, data, steps and code path
   `train.rollout_prefill: packed`).
 - padded (HF engine only): scaffolds off, every clean prompt lengthened to the token count of
   the scaffolded prompt in its row, so HF generate gets a batch of exactly the `on` arm's
-  shape and left-pads it the same way (an unscaffolded batch is never packed: stock generate). on/padded is what the scaffold code adds beyond the
-  batch's shape; padded/floor is what the padding costs.
+  shape and left-pads it the same way (an unscaffolded batch is never packed: stock generate).
+  padded/floor is what that shape costs in one plain padded call.
+- matched (HF engine only): the `padded` arm's prompts, prefilled packed like the `on` arm's
+  (the benchmark forces `rollout_prefill` on for this unscaffolded batch). on/matched is the
+  scaffold code alone (planning, rendering and tokenizing the scaffolds); matched/floor is what
+  rows of the scaffolded lengths cost over evenly spread ones (attention over longer rows,
+  decoding at the longest row's width, the packing's bookkeeping). on/floor = the two
+  multiplied.
   Evenly spread tokens are the cheapest layout of that many tokens (prefill attention grows
   with the square of a prompt's length), so the floor is a lower bound, not an exact target.
 
 Completions are forced to exactly `--completion-tokens` tokens in every arm (EOS suppressed
-until then), so the arms differ only in their prompts. Each repetition runs the three arms one
+until then), so the arms differ only in their prompts. Each repetition runs the arms one
 after the other, rotating their order; per arm the first step is dropped as warm-up and the
 median of the rest taken. Torch runs on `--threads` threads (default 1: on a loaded machine
 idle OpenMP threads spin and make both wall and CPU time erratic). Peak memory (JSON; in the summary on CUDA only) is the CUDA allocator peak, or
@@ -48,7 +54,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 N_EXAMPLES = 8
 ARMS = ("off", "on", "floor")  # the vLLM lane (no padding, so no `padded` arm)
-HF_ARMS = (*ARMS, "padded")
+HF_ARMS = (*ARMS, "padded", "matched")
 
 
 def _peak_memory_mb() -> float:
@@ -59,12 +65,13 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_trainer_cls(targets: dict[int, int | list[int]] | None):
+def bench_trainer_cls(targets: dict[int, int | list[int]] | None, pack: bool = False):
     """A trainer with fixed-length completions that times training steps in CPU seconds.
 
     `targets` (RL step -> prompt tokens, or a list of them, one per generation row) lengthens
-    every training generation prompt to that many tokens (the floor and padded arms); None
-    leaves prompts alone.
+    every training generation prompt to that many tokens (the floor, padded and matched arms);
+    None leaves prompts alone. `pack` sends unscaffolded batches through the unpadded prefill
+    as if they were scaffolded (the matched arm).
     """
     from ruscarl_lib.train.trainer_class import ScaffoldedGRPOTrainer
 
@@ -87,6 +94,9 @@ def bench_trainer_cls(targets: dict[int, int | list[int]] | None):
                 self.cpu_step_times.append(self._cpu)
                 self._cpu = 0.0
             return out
+
+        def _generate_unpadded(self, prompt_ids, scaffolded):
+            return super()._generate_unpadded(prompt_ids, scaffolded or pack)
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
             if self.model.training:
@@ -142,7 +152,7 @@ def run_arm(model_dir: Path, out_dir: Path, arm: str, steps: int, completion_tok
     )
     t0 = time.perf_counter()
     result = run_training(params, train_examples=make_examples(N_EXAMPLES), reward_funcs=[keyword_reward],
-                          trainer_cls=bench_trainer_cls((targets or {}).get(arm)))
+                          trainer_cls=bench_trainer_cls((targets or {}).get(arm), pack=arm == "matched"))
     wall = time.perf_counter() - t0
     run_dir = out_dir / params.output.run_name
     m = read_metrics(run_dir)
@@ -267,7 +277,7 @@ def main() -> None:
     # prompt lengths are deterministic (seeded sampler and scaffold selection)
     probe = run_arm(model_dir, out / "warmup", "on", args.steps, args.completion_tokens, train=train)
     targets = {"floor": {int(k): int(v) for k, v in probe["rollout_prompt_tokens_per_step"].items()},
-               "padded": probe["rollout_prompt_tokens_per_row"]}
+               "padded": probe["rollout_prompt_tokens_per_row"], "matched": probe["rollout_prompt_tokens_per_row"]}
     if args.engine == "vllm":
         from ruscarl_lib.models.local import resolve_model
         from ruscarl_lib.models.tiny import load_tokenizer
@@ -308,20 +318,21 @@ def main() -> None:
         f"train_overhead: {Path(args.model).name if args.model else 'tiny model'}, {N_EXAMPLES} toy examples, G={first['on']['group_size']} x "
         f"{first['on']['prompts_per_step']} prompts per step, {args.steps} steps "
         f"(median of steps 2..{args.steps}), {args.reps} interleaved reps, threads={torch.get_num_threads()}, "
-        f"{' '.join(args.set) or 'default train params'} (scaffolded prefill: {first['on']['prefill']}); "
-        f"generation prompt tokens off/on/floor/padded "
+        f"{' '.join(args.set) or 'default train params'} (scaffolded prefill: {first['on']['prefill']}, matched: {first['matched']['prefill']}); "
+        f"generation prompt tokens off/on/floor/padded/matched "
         f"{'/'.join(str(round(first[a]['generation_prompt_tokens'])) for a in HF_ARMS)}, completion tokens "
-        f"{first['on']['completion_tokens']:.0f} (fixed); step time off/on/floor/padded {off_on_floor}s; median [min, max] over reps: "
+        f"{first['on']['completion_tokens']:.0f} (fixed); step time off/on/floor/padded/matched {off_on_floor}s; median [min, max] over reps: "
         f"ratio on/off {_fmt(ratios('step_time_s', 'on', 'off'))}, floor {_fmt(ratios('step_time_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(on_floor)} (goal <= 1.05: {'met' if statistics.median(on_floor) <= 1.05 else 'NOT met'}), "
-        f"ratio/padded {_fmt(ratios('step_time_s', 'on', 'padded'))} (the scaffold code beyond the batch's shape), "
-        f"padded/floor {_fmt(ratios('step_time_s', 'padded', 'floor'))} (the padding); generation only (HF generate "
-        f"wall time per step, off/on/floor/padded {gen_times}s): "
+        f"ratio/matched {_fmt(ratios('step_time_s', 'on', 'matched'))} (the scaffold code), "
+        f"matched/floor {_fmt(ratios('step_time_s', 'matched', 'floor'))} (rows of the scaffolded lengths, packed), "
+        f"padded/floor {_fmt(ratios('step_time_s', 'padded', 'floor'))} (that shape padded); generation only (HF generate "
+        f"wall time per step, off/on/floor/padded/matched {gen_times}s): "
         f"ratio {_fmt(ratios('generation_s', 'on', 'off'))}, floor {_fmt(ratios('generation_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(ratios('generation_s', 'on', 'floor'))}; CPU time: ratio {_fmt(ratios('cpu_step_time_s', 'on', 'off'))}, "
         f"floor {_fmt(ratios('cpu_step_time_s', 'floor', 'off'))}, "
         f"ratio/floor {_fmt(ratios('cpu_step_time_s', 'on', 'floor'))}"
-        + (f"; peak CUDA memory off/on/floor/padded {'/'.join(str(first[a]['peak_memory_mb']) for a in HF_ARMS)} MB"
+        + (f"; peak CUDA memory off/on/floor/padded/matched {'/'.join(str(first[a]['peak_memory_mb']) for a in HF_ARMS)} MB"
            if torch.cuda.is_available() else ""),
         flush=True,
     )
