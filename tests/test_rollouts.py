@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -966,6 +967,36 @@ def test_packed_prefill_checks_the_private_prefill_stage(sharp_model_dir, monkey
                              pad_token_id=pad)
     assert (record.mode, record.fallback) == ("padded", reason)
     assert torch.equal(out, plain)
+
+
+def test_trainer_warns_when_a_model_cannot_pack(model_dir, tmp_path):
+    """A model handed in already loaded (not through `load_policy`) keeps stock `sdpa`, where
+    packing cannot run: the trainer says so at start-up instead of every batch falling back
+    unseen; `rollout_prefill: padded` says it on purpose and gets no warning."""
+    from transformers import AutoModelForCausalLM
+
+    from ruscarl_lib.models.tiny import load_tokenizer
+    from ruscarl_lib.train.backend import Policy
+    from ruscarl_lib.train.prefill import packed_prefill_blocked_by
+
+    def policy():
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        return Policy(model=model, tokenizer=load_tokenizer(model_dir), peft_config=None, backend="transformers")
+
+    stock = policy()
+    assert packed_prefill_blocked_by(stock.model).startswith("attention implementation 'sdpa'")
+    assert packed_prefill_blocked_by(_cpu_sdpa_model(model_dir)) is None
+    for mode in ("packed", "padded"):
+        params = tiny_params(model_dir, tmp_path, mode, max_steps=1, rollout_prefill=mode, finetune="full")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_training(params, train_examples=make_examples(4), reward_funcs=[keyword_reward],
+                                  policy=policy())
+        said = [str(w.message) for w in caught if "rollout_prefill: packed cannot run" in str(w.message)]
+        assert len(said) == (1 if mode == "packed" else 0), said
+        if mode == "packed":
+            assert "attention implementation 'sdpa'" in said[0]
+            assert result.trainer.last_prefill.fallback.startswith("attention implementation 'sdpa'")
 
 
 def test_cpu_sdpa_attention_is_bit_identical_to_stock_sdpa(model_dir):

@@ -110,6 +110,16 @@ def _full_attention_only(model) -> str | None:
     return None
 
 
+def packed_prefill_blocked_by(model) -> str | None:
+    """What about a CPU model (not about a batch) keeps `prefill_packed` from running, or None:
+    its attention implementation or its layer types. The trainer warns at start-up, since every
+    batch would otherwise fall back without a word. Off the CPU packing is off by design (None)."""
+    device = getattr(model, "device", None)
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        return None
+    return _full_attention_only(model)
+
+
 def prefill_packed(model, input_ids, attention_mask):
     """The KV cache of a whole left-padded batch and each row's next-token logits, from one forward
     over its real tokens laid end to end; `(cache, logits of shape (rows, 1, vocab))`, or

@@ -36,7 +36,12 @@ from ruscarl_lib.params import ScaffoldParams
 from ruscarl_lib.scaffold.render import scaffold_example
 from ruscarl_lib.scaffold.schedule import ScaffoldSchedule
 from ruscarl_lib.train.contract import RuntimeContract
-from ruscarl_lib.train.prefill import PREFILL_MODES, packed_prefill_unavailable, unpadded_prefill
+from ruscarl_lib.train.prefill import (
+    PREFILL_MODES,
+    packed_prefill_blocked_by,
+    packed_prefill_unavailable,
+    unpadded_prefill,
+)
 from ruscarl_lib.train.dataset import (
     ID_COLUMN,
     PROMPT_COLUMN,
@@ -179,6 +184,14 @@ class ScaffoldedGRPOMixin:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*rollout_func.*experimental.*")
             super().__init__(*args, rollout_func=_scaffold_rollout_func, **kwargs)
+        if rollout_prefill == "packed" and not unavailable and not (
+                self.use_vllm or self.use_transformers_continuous_batching or is_unsloth_class(type(self))):
+            reason = packed_prefill_blocked_by(self._unwrapped_model())
+            if reason:
+                warnings.warn(f"train.rollout_prefill: packed cannot run on this model ({reason}); scaffolded "
+                              "batches get one padded generate call each. Load the model through "
+                              "train.backend.load_policy, or call models.attention.use_cpu_sdpa(model), or "
+                              "set rollout_prefill: padded to say so", stacklevel=2)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
