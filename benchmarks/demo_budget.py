@@ -4,11 +4,12 @@ Runs the demo as a child process into a fresh output folder, with a fresh policy
 warm start's SFT build is included (as on a fresh clone), and samples the resident memory of
 the whole process tree (the demo process plus its papermill kernels) twice a second. The
 budget is 8 minutes and 4 GB on 2 CPU cores. Next to it, the line quotes the robustness of the
-demo configuration (RuscaRL minus baseline over worlds and seeds) from the newest
-`benchmarks/sandbox_robustness.py --configs default` summary under --robustness, because a
-faster demo only counts if the effect it shows still holds. Prints one summary line.
+demo configuration (RuscaRL minus baseline over worlds, seeds, threads and kernel settings) from
+the newest `benchmarks/sandbox_robustness.py --configs default` summary in each --robustness
+folder (one per grid run, e.g. one per kernel setting), because a faster demo only counts if
+the effect it shows still holds. Prints one summary line.
 
-    python benchmarks/demo_budget.py [--out outputs/bench/demo_budget] [--keep-cache]
+    python benchmarks/demo_budget.py [--out outputs/bench/demo_budget] [--keep-cache] [--robustness DIR ...]
 
 `--suite healthbench` times the real path instead (params/healthbench_cpu.yaml: SmolLM2 policy,
 the demo's own vLLM judge server, start-up included, a fresh verdict cache): budget 20 minutes
@@ -47,8 +48,9 @@ def main() -> None:
     ap.add_argument("--suite", choices=["sandbox", "healthbench"], default="sandbox")
     ap.add_argument("--params", default=None, help="default: the suite's params file")
     ap.add_argument("--keep-cache", action="store_true", help="reuse a policy built by an earlier run")
-    ap.add_argument("--robustness", default="outputs/bench/sandbox_robustness",
-                    help="where sandbox_robustness.py wrote its summaries")
+    ap.add_argument("--robustness", nargs="+", default=["outputs/bench/sandbox_robustness"],
+                    help="where sandbox_robustness.py wrote its summaries (one --out per grid, e.g. one per "
+                    "kernel setting: each is quoted)")
     args = ap.parse_args()
 
     if args.suite == "healthbench":
@@ -73,7 +75,7 @@ def main() -> None:
         f"held-out score start {scores['start']:.3f} ruscarl {scores['ruscarl']:.3f} baseline "
         f"{scores['baseline']:.3f} | start policy unhinted {headline['start_unhinted_score']:.3f} "
         f"hinted {headline['start_hinted_score']:.3f} | {'policy reused' if args.keep_cache else 'policy built'} | "
-        f"{robustness_quote(ROOT / args.robustness)}"
+        + " | ".join(robustness_quote(ROOT / folder) for folder in args.robustness)
     )
 
 
@@ -119,9 +121,10 @@ def robustness_quote(folder: Path) -> str:
     if not found:
         return f"robustness of the demo configuration not measured (no summary under {folder.name}/)"
     s = json.loads(found[-1].read_text())["summary"]
-    return (f"robustness (default config, {s['n']} runs over worlds {s['worlds']} x seeds {s['seeds']}): "
+    grid = " x ".join(f"{name} {s[name]}" for name in ("worlds", "seeds", "threads", "kernels") if name in s)
+    return (f"robustness (default config, {s['n']} runs over {grid}): "
             f"ruscarl-baseline min {s['gap_min']:.3f} median {s['gap_median']:.3f} max {s['gap_max']:.3f}, "
-            f"collapses {len(s['collapses'])}")
+            f"collapses {len(s['collapses'])}, runaways {len(s.get('runaways', []))}")
 
 
 if __name__ == "__main__":
