@@ -22,7 +22,7 @@ from ruscarl_lib.demo import run_demo
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-GAP_THRESHOLD = 0.1  # the recipe with mask_truncated_completions: worst held-out gap of its grid (README) >= 2 x 0.1
+GAP_THRESHOLD = 0.1  # worst held-out gap of the recipe's 16-run grid (machine D, both kernel settings; README) 0.380 >= 2 x 0.1
 
 
 @pytest.mark.timeout(3000)  # about 9 minutes alone on 2 cores; generous for a loaded CI machine
