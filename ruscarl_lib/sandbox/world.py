@@ -70,7 +70,7 @@ class WorldConfig:
       those runaways (default kernels, 9 held-out runs on worlds 1-3, none ran away). Why it is
       off by default: under AVX2 kernels the default world still ran away in 2 of 4 runs with
       it (the stutter came once every answer was at the cap, where the truncation mask leaves
-      no loss), against none without it (README, "What the runaways are").
+      no loss), against none without it (docs/robustness.md, "What the runaways are").
     n_distractors: irrelevant facts mixed into each question.
     heldout_share: share of condition combinations reserved for the held-out split.
     validation_share: share reserved for the validation split (tuning), disjoint from both
